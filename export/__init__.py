@@ -1,0 +1,1 @@
+"""facemargin export: PyTorch networks to ONNX files that carry their own contract."""

@@ -1,0 +1,97 @@
+"""The detector interface, the face record every detector returns, and face-selection policies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in image pixel coordinates.
+
+    `landmarks` are five (x, y) points in the order of the ArcFace template: the eye on the
+    image's left, the eye on the image's right, nose tip, left mouth corner, right mouth corner.
+    """
+
+    box: np.ndarray  # (4,) float32: x1, y1, x2, y2
+    score: float
+    landmarks: np.ndarray  # (5, 2) float32
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return float(self.box[0] + self.box[2]) / 2, float(self.box[1] + self.box[3]) / 2
+
+
+class Detector(Protocol):
+    """Anything that turns an RGB uint8 image (H, W, 3) into faces, best score first."""
+
+    def detect(self, image: np.ndarray) -> list[Face]: ...
+
+
+class FacePolicy(StrEnum):
+    """Which face(s) to use when an image holds several."""
+
+    largest = "largest"
+    central = "central"
+    all = "all"
+
+
+def select_faces(faces: list[Face], policy: FacePolicy, image_shape: tuple[int, ...]) -> list[Face]:
+    """Apply a selection policy; `all` keeps every face, largest first."""
+    if not faces:
+        return []
+    if policy is FacePolicy.all:
+        return sorted(faces, key=lambda f: f.area, reverse=True)
+    if policy is FacePolicy.largest:
+        return [max(faces, key=lambda f: f.area)]
+    height, width = image_shape[:2]
+    cx, cy = width / 2, height / 2
+
+    def off_centre(face: Face) -> float:
+        fx, fy = face.center
+        return (fx - cx) ** 2 + (fy - cy) ** 2
+
+    return [min(faces, key=off_centre)]
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, mode: str = "union") -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, best score first.
+
+    `mode="min"` divides the overlap by the smaller box (MTCNN's last stage uses it so a box
+    nested inside a larger one is suppressed).
+    """
+    if len(boxes) == 0:
+        return np.empty(0, dtype=np.int64)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        if mode == "min":
+            overlap = inter / np.maximum(np.minimum(areas[i], areas[rest]), 1e-9)
+        else:
+            overlap = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
+        order = rest[overlap <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)

@@ -1,0 +1,47 @@
+"""The one face preprocessing path: detect, select and align, shared by training data
+preparation and the service so both hand the embedder identical pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.alignment import align_face
+from service.detection import Detector, Face, FacePolicy, select_faces
+from service.settings import DetectorKind, Settings
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    face: Face
+    pixels: np.ndarray  # (112, 112, 3) uint8 RGB on the ArcFace template
+
+
+def build_detector(settings: Settings) -> Detector:
+    """The configured detector; imports only the implementation asked for."""
+    if settings.detector is DetectorKind.scrfd:
+        from service.scrfd import ScrfdDetector
+
+        return ScrfdDetector(
+            settings.detector_path,
+            score_threshold=settings.detection_threshold,
+            min_face_size=settings.min_face_size,
+            threads=settings.onnx_threads,
+        )
+    from service.mtcnn import MtcnnConfig, MtcnnDetector
+
+    return MtcnnDetector(
+        settings.detector_path,
+        MtcnnConfig(min_face_size=settings.min_face_size),
+        threads=settings.onnx_threads,
+    )
+
+
+def detect_and_align(
+    image: np.ndarray, detector: Detector, policy: FacePolicy = FacePolicy.largest
+) -> tuple[list[AlignedFace], int]:
+    """Aligned faces chosen by `policy`, and how many faces the detector saw in all."""
+    faces = detector.detect(image)
+    chosen = select_faces(faces, policy, image.shape)
+    return [AlignedFace(face, align_face(image, face.landmarks)) for face in chosen], len(faces)

@@ -1,0 +1,1 @@
+"""facemargin training: data preparation, backbones, margin heads and losses, evaluation."""

@@ -1,0 +1,168 @@
+"""`facemargin prepare`: raw photos, one folder per identity, to aligned 112x112 faces.
+
+Runs the service's own decode -> detect -> align path, so training sees exactly the pixels the
+service will produce. Resumable: every finished image is appended to a JSON-lines report, and a
+rerun skips what the report already holds. Outputs are written atomically, so a killed run never
+leaves a half-written face behind.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from service.detection import FacePolicy
+from service.errors import FaceMarginError
+from service.imaging import read_image
+from service.preprocess import build_detector, detect_and_align
+from service.settings import Settings
+
+REPORT_NAME = "prepare-report.jsonl"
+SUMMARY_NAME = "prepare-summary.json"
+
+
+class Status(StrEnum):
+    ok = "ok"
+    no_face = "no_face"
+    multiple_faces = "multiple_faces"  # only when asked to skip such images
+    unreadable = "unreadable"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    source: Path
+    target: Path
+    policy: FacePolicy = FacePolicy.central
+    skip_multiple: bool = False
+    image_format: str = "png"
+    workers: int = max(os.cpu_count() or 1, 1)
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str  # relative to the source folder
+    status: Status
+    faces: int = 0
+    score: float | None = None
+    reason: str | None = None
+
+
+def find_images(source: Path) -> list[str]:
+    """Every non-hidden file under `source`, relative and sorted; content decides if it is an image."""
+    found: list[str] = []
+    for root, dirs, files in os.walk(source):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(
+            str((Path(root) / name).relative_to(source)) for name in files if not name.startswith(".")
+        )
+    return sorted(found)
+
+
+def read_report(target: Path) -> dict[str, Record]:
+    """Records already written; a torn last line from a killed run is ignored and redone."""
+    path = target / REPORT_NAME
+    done: dict[str, Record] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            raw = json.loads(line)
+            done[raw["path"]] = Record(**{**raw, "status": Status(raw["status"])})
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def output_path(target: Path, relative: str, image_format: str) -> Path:
+    return (target / relative).with_suffix(f".{image_format}")
+
+
+_worker: dict[str, object] = {}
+
+
+def _init_worker(options: PrepareOptions) -> None:
+    # One single-threaded detector per process: processes scale across cores better than
+    # ONNX Runtime's intra-op threads on these small nets.
+    _worker["options"] = options
+    _worker["detector"] = build_detector(Settings(onnx_threads=1))
+
+
+def _process(relative: str) -> Record:
+    options: PrepareOptions = _worker["options"]  # type: ignore[assignment]
+    try:
+        image = read_image(options.source / relative).pixels
+    except FaceMarginError as error:
+        return Record(relative, Status.unreadable, reason=f"{error.code}: {error.message}")
+    faces, seen = detect_and_align(image, _worker["detector"], options.policy)  # type: ignore[arg-type]
+    if not faces:
+        return Record(relative, Status.no_face)
+    if seen > 1 and options.skip_multiple:
+        return Record(relative, Status.multiple_faces, faces=seen)
+    out = output_path(options.target, relative, options.image_format)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ok, encoded = cv2.imencode(f".{options.image_format}", cv2.cvtColor(faces[0].pixels, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"could not encode {out}")
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_bytes(encoded.tobytes())
+    os.replace(partial, out)
+    return Record(relative, Status.ok, faces=seen, score=round(faces[0].face.score, 4))
+
+
+def _results(options: PrepareOptions, todo: list[str]) -> Iterator[Record]:
+    if options.workers <= 1:
+        _init_worker(options)
+        yield from map(_process, todo)
+        return
+    with multiprocessing.get_context("spawn").Pool(
+        options.workers, initializer=_init_worker, initargs=(options,)
+    ) as pool:
+        yield from pool.imap_unordered(_process, todo, chunksize=16)
+
+
+def source_of(relative: str) -> str:
+    """The top-level folder an image belongs to (e.g. `celeba` under train/)."""
+    parts = Path(relative).parts
+    return parts[0] if len(parts) > 2 else "."
+
+
+def summarise(records: dict[str, Record]) -> dict[str, dict[str, float]]:
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for record in records.values():
+        for group in (source_of(record.path), "all"):
+            counts[group]["images"] += 1
+            counts[group][record.status.value] += 1
+            if record.status is Status.ok and record.faces > 1:
+                counts[group]["ok_with_several_faces"] += 1
+    summary: dict[str, dict[str, float]] = {}
+    for group, count in sorted(counts.items()):
+        row: dict[str, float] = dict(count)
+        row["yield"] = round(count["ok"] / count["images"], 4) if count["images"] else 0.0
+        summary[group] = row
+    return summary
+
+
+def prepare(options: PrepareOptions) -> dict[str, dict[str, float]]:
+    options.target.mkdir(parents=True, exist_ok=True)
+    done = read_report(options.target)
+    todo = [p for p in find_images(options.source) if p not in done]
+    with (options.target / REPORT_NAME).open("a") as report, tqdm(
+        total=len(todo), unit="img", desc="prepare", dynamic_ncols=True
+    ) as bar:
+        for record in _results(options, todo):
+            report.write(json.dumps({k: v for k, v in asdict(record).items() if v is not None}) + "\n")
+            report.flush()
+            done[record.path] = record
+            bar.update()
+    summary = summarise(done)
+    (options.target / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
