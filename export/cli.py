@@ -25,7 +25,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "pip download facenet-pytorch==2.6.0 --no-deps -d DIR",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    detector.add_argument("--wheel", type=Path, required=True, help="the wheel file, or its unpacked folder")
+    detector.add_argument(
+        "--wheel", type=Path, required=True, help="the wheel file, or its unpacked folder"
+    )
     detector.add_argument("--out", type=Path, default=Path("models"), help="output folder")
     detector.add_argument("--opset", type=int, default=18, help="ONNX opset")
     detector.set_defaults(run=_run_detector)

@@ -140,7 +140,10 @@ def export_nets(nets: dict[str, nn.Module], out_dir: Path, opset: int = 18) -> l
     """Write mtcnn_{pnet,rnet,onet}.onnx with dynamic batch (and dynamic H, W for PNet)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=65536)
-    side = {"height": torch.export.Dim("height", min=12), "width": torch.export.Dim("width", min=12)}
+    side = {
+        "height": torch.export.Dim("height", min=12),
+        "width": torch.export.Dim("width", min=12),
+    }
     written: list[Path] = []
     for name, net in nets.items():
         # Trace with batch 2: a batch of 1 would be specialised away as a constant.

@@ -70,7 +70,9 @@ def select_faces(faces: list[Face], policy: FacePolicy, image_shape: tuple[int, 
     return [min(faces, key=off_centre)]
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, mode: str = "union") -> np.ndarray:
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, mode: str = "union"
+) -> np.ndarray:
     """Greedy non-maximum suppression; returns kept indices, best score first.
 
     `mode="min"` divides the overlap by the smaller box (MTCNN's last stage uses it so a box

@@ -95,7 +95,9 @@ class MtcnnDetector:
 
     def detect(self, image: np.ndarray) -> list[Face]:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+            raise ValueError(
+                f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}"
+            )
         shrink = min(1.0, self.config.max_side / max(image.shape[:2]))
         small = image
         if shrink < 1.0:
@@ -150,7 +152,9 @@ class MtcnnDetector:
         return _square(boxes)
 
     def _refine(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        regression, probability = self._rnet.run(None, {"input": _normalise(_crops(image, boxes, 24))})
+        regression, probability = self._rnet.run(
+            None, {"input": _normalise(_crops(image, boxes, 24))}
+        )
         keep = probability[:, 1] > self.config.thresholds[1]
         boxes = np.concatenate([boxes[keep, :4], probability[keep, 1:2]], axis=1)
         regression = regression[keep]

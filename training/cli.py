@@ -31,10 +31,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="which face to keep when a photo holds several (loose crops centre the subject)",
     )
     prepare.add_argument(
-        "--skip-multiple", action="store_true", help="skip photos with several faces instead of picking one"
+        "--skip-multiple",
+        action="store_true",
+        help="skip photos with several faces instead of picking one",
     )
-    prepare.add_argument("--format", choices=["png", "jpg"], default="png", help="output image format")
-    prepare.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    prepare.add_argument(
+        "--format", choices=["png", "jpg"], default="png", help="output image format"
+    )
+    prepare.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="parallel processes"
+    )
     prepare.set_defaults(run=_run_prepare)
 
 
@@ -55,7 +61,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     )
     for group, row in summary.items():
         print(
-            f"{group:>10}: {int(row['ok'] if 'ok' in row else 0):>6} / {int(row['images']):>6} faces "
+            f"{group:>10}: {int(row.get('ok', 0)):>6} / {int(row['images']):>6} faces "
             f"(yield {row['yield']:.2%}); no face {int(row.get('no_face', 0))}, "
             f"unreadable {int(row.get('unreadable', 0))}, several faces "
             f"{int(row.get('ok_with_several_faces', 0) + row.get('multiple_faces', 0))}"

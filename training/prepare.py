@@ -62,7 +62,9 @@ def find_images(source: Path) -> list[str]:
     for root, dirs, files in os.walk(source):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(
-            str((Path(root) / name).relative_to(source)) for name in files if not name.startswith(".")
+            str((Path(root) / name).relative_to(source))
+            for name in files
+            if not name.startswith(".")
         )
     return sorted(found)
 
@@ -109,7 +111,9 @@ def _process(relative: str) -> Record:
         return Record(relative, Status.multiple_faces, faces=seen)
     out = output_path(options.target, relative, options.image_format)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ok, encoded = cv2.imencode(f".{options.image_format}", cv2.cvtColor(faces[0].pixels, cv2.COLOR_RGB2BGR))
+    ok, encoded = cv2.imencode(
+        f".{options.image_format}", cv2.cvtColor(faces[0].pixels, cv2.COLOR_RGB2BGR)
+    )
     if not ok:
         raise RuntimeError(f"could not encode {out}")
     partial = out.with_name(f".{out.name}.partial")
@@ -155,11 +159,19 @@ def prepare(options: PrepareOptions) -> dict[str, dict[str, float]]:
     options.target.mkdir(parents=True, exist_ok=True)
     done = read_report(options.target)
     todo = [p for p in find_images(options.source) if p not in done]
-    with (options.target / REPORT_NAME).open("a") as report, tqdm(
-        total=len(todo), unit="img", desc="prepare", dynamic_ncols=True
-    ) as bar:
+    report_path = options.target / REPORT_NAME
+    # A run killed mid-line leaves a torn last line; end it so the next record starts clean.
+    if report_path.exists() and not report_path.read_bytes().endswith(b"\n"):
+        with report_path.open("a") as report:
+            report.write("\n")
+    with (
+        report_path.open("a") as report,
+        tqdm(total=len(todo), unit="img", desc="prepare", dynamic_ncols=True) as bar,
+    ):
         for record in _results(options, todo):
-            report.write(json.dumps({k: v for k, v in asdict(record).items() if v is not None}) + "\n")
+            report.write(
+                json.dumps({k: v for k, v in asdict(record).items() if v is not None}) + "\n"
+            )
             report.flush()
             done[record.path] = record
             bar.update()

@@ -17,7 +17,8 @@ from tests.conftest import MODELS, REPO
 
 WHEEL = Path(
     os.environ.get(
-        "FACEMARGIN_FACENET_WHEEL", REPO / ".cache" / "wheels" / "facenet_pytorch-2.6.0-py3-none-any.whl"
+        "FACEMARGIN_FACENET_WHEEL",
+        REPO / ".cache" / "wheels" / "facenet_pytorch-2.6.0-py3-none-any.whl",
     )
 )
 pytestmark = pytest.mark.skipif(
@@ -34,7 +35,9 @@ def exported(tmp_path_factory) -> Path:
 
 
 def run(path: Path, x: np.ndarray) -> list[np.ndarray]:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )
 
 
 @pytest.mark.parametrize("name", NETS)
@@ -69,4 +72,8 @@ def test_unpacked_wheel_folder_is_accepted(tmp_path):
     with zipfile.ZipFile(WHEEL) as archive:
         archive.extractall(tmp_path)
     nets = load_nets(tmp_path)
-    assert {name: type(net).__name__ for name, net in nets.items()} == {"pnet": "PNet", "rnet": "RNet", "onet": "ONet"}
+    assert {name: type(net).__name__ for name, net in nets.items()} == {
+        "pnet": "PNet",
+        "rnet": "RNet",
+        "onet": "ONet",
+    }

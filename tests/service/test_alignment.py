@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.alignment import ALIGNED_SIZE, ARCFACE_TEMPLATE, align_face, alignment_matrix, similarity_transform, transform_points
+from service.alignment import (
+    ALIGNED_SIZE,
+    ARCFACE_TEMPLATE,
+    align_face,
+    alignment_matrix,
+    similarity_transform,
+    transform_points,
+)
 from tests.conftest import load_rgb
 
 
@@ -15,7 +22,10 @@ def similarity(scale: float, angle: float, tx: float, ty: float) -> np.ndarray:
     return np.array([[scale * c, -scale * s, tx], [scale * s, scale * c, ty]])
 
 
-@pytest.mark.parametrize(("scale", "angle", "tx", "ty"), [(1, 0, 0, 0), (2.5, 0.3, 40, -7), (0.4, -1.2, 300, 120), (1.7, np.pi * 0.9, 5, 5)])
+@pytest.mark.parametrize(
+    ("scale", "angle", "tx", "ty"),
+    [(1, 0, 0, 0), (2.5, 0.3, 40, -7), (0.4, -1.2, 300, 120), (1.7, np.pi * 0.9, 5, 5)],
+)
 def test_recovers_a_known_similarity_exactly(scale, angle, tx, ty):
     truth = similarity(scale, angle, tx, ty)
     moved = transform_points(ARCFACE_TEMPLATE, truth)
@@ -48,7 +58,9 @@ def test_degenerate_landmarks_are_refused():
 
 
 def test_template_landmarks_align_to_identity():
-    np.testing.assert_allclose(alignment_matrix(ARCFACE_TEMPLATE), [[1, 0, 0], [0, 1, 0]], atol=1e-9)
+    np.testing.assert_allclose(
+        alignment_matrix(ARCFACE_TEMPLATE), [[1, 0, 0], [0, 1, 0]], atol=1e-9
+    )
 
 
 def test_aligned_pixels_follow_the_transform():
@@ -61,7 +73,10 @@ def test_aligned_pixels_follow_the_transform():
     aligned = align_face(image, landmarks)
     assert aligned.shape == (ALIGNED_SIZE, ALIGNED_SIZE, 3) and aligned.dtype == np.uint8
     peak = np.unravel_index(np.argmax(aligned[..., 0]), aligned.shape[:2])
-    assert abs(peak[1] - ARCFACE_TEMPLATE[2, 0]) <= 1.5 and abs(peak[0] - ARCFACE_TEMPLATE[2, 1]) <= 1.5
+    assert (
+        abs(peak[1] - ARCFACE_TEMPLATE[2, 0]) <= 1.5
+        and abs(peak[0] - ARCFACE_TEMPLATE[2, 1]) <= 1.5
+    )
 
 
 def test_real_faces_land_on_the_template(mtcnn, photos):
@@ -74,7 +89,9 @@ def test_real_faces_land_on_the_template(mtcnn, photos):
         aligned = align_face(load_rgb(path), max(faces, key=lambda f: f.area).landmarks)
         again = mtcnn.detect(aligned)
         if again:
-            errors.append(np.abs(max(again, key=lambda f: f.area).landmarks - ARCFACE_TEMPLATE).mean())
+            errors.append(
+                np.abs(max(again, key=lambda f: f.area).landmarks - ARCFACE_TEMPLATE).mean()
+            )
     assert len(errors) >= 8
     print(f"mean landmark error after alignment: {np.mean(errors):.2f} px")
     assert np.median(errors) < 3.0

@@ -8,7 +8,11 @@ from service.detection import Face, FacePolicy, nms, select_faces
 
 
 def face(x1: float, y1: float, x2: float, y2: float, score: float = 0.9) -> Face:
-    return Face(box=np.array([x1, y1, x2, y2], np.float32), score=score, landmarks=np.zeros((5, 2), np.float32))
+    return Face(
+        box=np.array([x1, y1, x2, y2], np.float32),
+        score=score,
+        landmarks=np.zeros((5, 2), np.float32),
+    )
 
 
 BIG_CORNER = face(0, 0, 100, 100)
@@ -17,15 +21,23 @@ MEDIUM = face(300, 200, 360, 260)
 
 
 def test_largest_picks_the_biggest_box():
-    assert select_faces([SMALL_CENTRE, BIG_CORNER, MEDIUM], FacePolicy.largest, (300, 400)) == [BIG_CORNER]
+    assert select_faces([SMALL_CENTRE, BIG_CORNER, MEDIUM], FacePolicy.largest, (300, 400)) == [
+        BIG_CORNER
+    ]
 
 
 def test_central_picks_the_face_nearest_the_centre():
-    assert select_faces([BIG_CORNER, MEDIUM, SMALL_CENTRE], FacePolicy.central, (300, 400)) == [SMALL_CENTRE]
+    assert select_faces([BIG_CORNER, MEDIUM, SMALL_CENTRE], FacePolicy.central, (300, 400)) == [
+        SMALL_CENTRE
+    ]
 
 
 def test_all_keeps_every_face_largest_first():
-    assert select_faces([SMALL_CENTRE, MEDIUM, BIG_CORNER], FacePolicy.all, (300, 400)) == [BIG_CORNER, MEDIUM, SMALL_CENTRE]
+    assert select_faces([SMALL_CENTRE, MEDIUM, BIG_CORNER], FacePolicy.all, (300, 400)) == [
+        BIG_CORNER,
+        MEDIUM,
+        SMALL_CENTRE,
+    ]
 
 
 def test_no_faces_selects_nothing():
@@ -34,7 +46,9 @@ def test_no_faces_selects_nothing():
 
 
 def test_nms_suppresses_overlaps_and_keeps_best_first():
-    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10.5]], np.float32)
+    boxes = np.array(
+        [[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10.5]], np.float32
+    )
     scores = np.array([0.5, 0.9, 0.7, 0.6], np.float32)
     assert nms(boxes, scores, 0.5).tolist() == [1, 2]
 

@@ -17,7 +17,9 @@ def assert_plausible(face: Face) -> None:
     assert nose[1] < lm[1] and nose[1] < rm[1], "nose must be above the mouth"
     assert le[0] < re[0] and lm[0] < rm[0], "left points must be left of right points"
     iod = float(np.linalg.norm(re - le))
-    assert 0.2 * face.width < iod < 0.7 * face.width, f"inter-ocular {iod:.1f} vs box {face.width:.1f}"
+    assert 0.2 * face.width < iod < 0.7 * face.width, (
+        f"inter-ocular {iod:.1f} vs box {face.width:.1f}"
+    )
     x1, y1, x2, y2 = face.box
     slack = 0.1 * face.width
     assert np.all(face.landmarks[:, 0] > x1 - slack) and np.all(face.landmarks[:, 0] < x2 + slack)
@@ -51,7 +53,10 @@ def test_results_are_sorted_floats(mtcnn, photos):
 def test_upscaled_photo_scales_landmarks(mtcnn, photos):
     image = load_rgb(photos[3])
     small = max(mtcnn.detect(image), key=lambda f: f.area)
-    big = max(mtcnn.detect(cv2.resize(image, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)), key=lambda f: f.area)
+    big = max(
+        mtcnn.detect(cv2.resize(image, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)),
+        key=lambda f: f.area,
+    )
     assert np.abs(big.landmarks / 3 - small.landmarks).max() < 3.0
 
 
@@ -61,7 +66,7 @@ def test_offset_in_canvas_shifts_landmarks(mtcnn, photos):
     canvas = np.full((300, 640, 3), 90, dtype=np.uint8)
     canvas[150:262, 400:512] = image
     placed = max(mtcnn.detect(canvas), key=lambda f: f.area)
-    assert np.abs(placed.landmarks - (alone.landmarks + [400, 150])).max() < 2.5
+    assert np.abs(placed.landmarks - (alone.landmarks + np.array([400, 150]))).max() < 2.5
 
 
 def test_blank_image_has_no_face(mtcnn):
@@ -104,7 +109,14 @@ def test_profile_faces_are_mostly_found(mtcnn):
     assert found >= 0.8 * len(profiles)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((50, 50), np.uint8), np.zeros((50, 50, 3), np.float32), np.zeros((50, 50, 4), np.uint8)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((50, 50), np.uint8),
+        np.zeros((50, 50, 3), np.float32),
+        np.zeros((50, 50, 4), np.uint8),
+    ],
+)
 def test_bad_arrays_are_refused(mtcnn, bad):
     with pytest.raises(ValueError):
         mtcnn.detect(bad)

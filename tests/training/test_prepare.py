@@ -1,0 +1,141 @@
+"""`facemargin prepare` on a small real tree: outputs, report, resume, and the same pixels the
+service path produces."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from service.cli import main
+from service.detection import FacePolicy
+from service.imaging import read_image
+from service.mtcnn import MtcnnDetector
+from service.preprocess import detect_and_align
+from tests.conftest import DATA, MODELS, load_rgb
+from training.prepare import REPORT_NAME, SUMMARY_NAME, read_report
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    identities = sorted((DATA / "train" / "celeba").glob("*"))[:3] if DATA.is_dir() else []
+    if not identities:
+        pytest.skip(f"face data not found at {DATA}")
+    root = tmp_path / "raw"
+    for identity in identities:
+        (root / "celeba" / identity.name).mkdir(parents=True)
+        for photo in sorted(identity.glob("*.jpg"))[:3]:
+            shutil.copy(photo, root / "celeba" / identity.name / photo.name)
+    odd = root / "odd" / "person"
+    odd.mkdir(parents=True)
+    (odd / "notes.jpg").write_text("not an image at all")
+    cv2.imwrite(str(odd / "blank.png"), np.full((120, 160, 3), 127, np.uint8))
+    # The subject centred, a second person small in the corner: the central policy must pick
+    # the subject.
+    subject = cv2.imread(str(next((root / "celeba").glob("*/*.jpg"))))
+    canvas = np.full((300, 300, 3), 60, np.uint8)
+    canvas[94:206, 94:206] = subject
+    canvas[0:80, 0:80] = cv2.resize(
+        cv2.imread(str(sorted((root / "celeba").glob("*/*.jpg"))[-1])), (80, 80)
+    )
+    cv2.imwrite(str(odd / "two.png"), canvas)
+    return root
+
+
+def lines(target: Path) -> list[dict]:
+    return [json.loads(line) for line in (target / REPORT_NAME).read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_prepare_writes_aligned_faces_and_a_report(source, tmp_path):
+    target = tmp_path / "aligned"
+    assert main(["prepare", str(source), str(target), "--workers", "2"]) == 0
+
+    records = {r["path"]: r for r in lines(target)}
+    assert len(records) == 12
+    assert records["odd/person/notes.jpg"]["status"] == "unreadable"
+    assert records["odd/person/notes.jpg"]["reason"].startswith("unsupported_image_type")
+    assert records["odd/person/blank.png"]["status"] == "no_face"
+    assert records["odd/person/two.png"] == {
+        "path": "odd/person/two.png",
+        "status": "ok",
+        "faces": 2,
+        "score": pytest.approx(records["odd/person/two.png"]["score"]),
+    }
+    celeba = [r for p, r in records.items() if p.startswith("celeba/")]
+    assert sum(r["status"] == "ok" for r in celeba) >= 8
+
+    summary = json.loads((target / SUMMARY_NAME).read_text())
+    assert summary["all"]["images"] == 12
+    assert summary["odd"]["ok_with_several_faces"] == 1
+    assert summary["celeba"]["yield"] == pytest.approx(summary["celeba"]["ok"] / 9, abs=1e-4)
+
+    # Training pixels are exactly what the service's own path gives for the same file.
+    detector = MtcnnDetector(MODELS)
+    for relative, record in records.items():
+        out = (target / relative).with_suffix(".png")
+        assert out.exists() == (record["status"] == "ok")
+        if record["status"] != "ok":
+            continue
+        faces, _ = detect_and_align(
+            read_image(source / relative).pixels, detector, FacePolicy.central
+        )
+        np.testing.assert_array_equal(load_rgb(out), faces[0].pixels)
+    assert not list(target.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_prepare_resumes_after_a_crash(source, tmp_path):
+    target = tmp_path / "aligned"
+    assert main(["prepare", str(source), str(target), "--workers", "1"]) == 0
+    first = lines(target)
+    victim = next(r["path"] for r in first if r["status"] == "ok")
+    before = (target / victim).with_suffix(".png").read_bytes()
+
+    # A rerun with nothing to do processes nothing.
+    assert main(["prepare", str(source), str(target), "--workers", "1"]) == 0
+    assert len(lines(target)) == len(first)
+
+    # Simulate a run killed mid-write: the victim's record gone, its output gone, a torn line.
+    kept = [json.dumps(r) for r in first if r["path"] != victim]
+    (target / REPORT_NAME).write_text("\n".join(kept) + '\n{"path": "celeba/tor')
+    (target / victim).with_suffix(".png").unlink()
+    assert len(read_report(target)) == len(first) - 1
+    assert main(["prepare", str(source), str(target), "--workers", "1"]) == 0
+    assert (target / victim).with_suffix(".png").read_bytes() == before
+    assert set(read_report(target)) == {r["path"] for r in first}
+
+
+@pytest.mark.slow
+def test_skip_multiple_and_jpeg_output(source, tmp_path):
+    target = tmp_path / "aligned"
+    assert (
+        main(
+            [
+                "prepare",
+                str(source),
+                str(target),
+                "--workers",
+                "1",
+                "--skip-multiple",
+                "--format",
+                "jpg",
+            ]
+        )
+        == 0
+    )
+    records = {r["path"]: r for r in lines(target)}
+    assert records["odd/person/two.png"]["status"] == "multiple_faces"
+    assert not (target / "odd/person/two.jpg").exists()
+    ok = [p for p, r in records.items() if r["status"] == "ok"]
+    assert ok and all((target / p).with_suffix(".jpg").exists() for p in ok)
+    assert read_image(target / Path(ok[0]).with_suffix(".jpg")).pixels.shape == (112, 112, 3)
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="is not a folder"):
+        main(["prepare", str(tmp_path / "nope"), str(tmp_path / "out")])
