@@ -33,6 +33,7 @@ import io
 import os
 import stat
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def decode_image(
     if len(data) == 0:
         raise InvalidImage("the image is empty (0 bytes)")
     _check_byte_count(len(data), max_bytes)
-    _check_webp_canvas(data, max_pixels)
+    _check_declared_size(data, max_pixels)
 
     with _pillow_bomb_warnings_silenced():
         img = _open(data)
@@ -160,12 +161,22 @@ def _check_pixel_count(size: tuple[int, int], max_pixels: int, fmt: str) -> None
         )
 
 
-def _check_webp_canvas(data: bytes, max_pixels: int) -> None:
-    # libwebp allocates two canvas-sized buffers when Pillow creates its decoder inside
-    # Image.open(), i.e. before we could see the size, so read the canvas from the header first.
-    size = _webp_canvas_size(data)
-    if size is not None:
-        _check_pixel_count(size, max_pixels, "WEBP")
+def _check_declared_size(data: bytes, max_pixels: int) -> None:
+    # Where the size sits at a fixed place in the header, check it before Pillow runs: libwebp
+    # allocates two canvas-sized buffers inside Image.open(), and a PNG cut off after its IHDR
+    # fails in Pillow as "corrupt" when the honest answer is "too large".
+    for fmt, size in (("WEBP", _webp_canvas_size(data)), ("PNG", _png_ihdr_size(data))):
+        if size is not None:
+            _check_pixel_count(size, max_pixels, fmt)
+
+
+def _png_ihdr_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 33 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    # A header failing its CRC is corrupt, not large; Pillow will say so.
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
 def _webp_canvas_size(data: bytes) -> tuple[int, int] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -9,7 +10,16 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+def _shipped_models_dir() -> Path:
+    """models/ beside the packages in a source checkout; share/facemargin/models once installed."""
+    source_tree = Path(__file__).resolve().parent.parent / "models"
+    if source_tree.is_dir():
+        return source_tree
+    return Path(sys.prefix) / "share" / "facemargin" / "models"
+
+
+MODELS_DIR = _shipped_models_dir()
 
 
 class DetectorKind(StrEnum):

@@ -566,3 +566,10 @@ def test_any_bytes_decode_or_raise_a_typed_error(data: bytes):
         assert exc.message
         return
     assert_well_formed(out)
+
+
+def test_png_cut_off_after_a_huge_ihdr_is_too_large_not_corrupt(load_calls):
+    # What an attacker sends to probe the limit: 33 bytes, no pixel data at all.
+    with pytest.raises(ImageTooLarge, match="60000x60000"):
+        decode_image(png_header(60000, 60000))
+    assert load_calls == []
