@@ -9,7 +9,8 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.detection import Detector
 from service.errors import FaceMarginError, ImageTooLarge
@@ -20,6 +21,8 @@ from service.settings import Settings, get_settings
 
 # Multipart framing (boundaries, headers) on top of the image itself.
 _MULTIPART_OVERHEAD = 64 * 1024
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 500, 503)}
 
@@ -32,12 +35,15 @@ class BodySizeLimit:
     """Refuse bodies over the cap with 413 before the app reads them.
 
     Checks Content-Length up front and counts bytes as they stream, so a chunked upload that
-    lies about (or omits) its length is cut off too.
+    omits its length is cut off too. FastAPI turns any exception raised while it parses a form
+    into its own 400, so when the streaming cap trips we replace whatever response follows
+    with the 413.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.refusal = _error(413, ImageTooLarge.code, f"request body is over {max_bytes} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -45,23 +51,40 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+            await self.refusal(scope, receive, send)
             return
         received = 0
+        tripped = False
+        started = False
 
-        async def counted() -> dict:
-            nonlocal received
+        async def counted() -> Message:
+            nonlocal received, tripped
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
+                tripped = True
                 raise ImageTooLarge(f"request body is over {self.max_bytes} bytes")
             return message
 
-        await self.app(scope, counted, send)
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if not tripped:
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+            elif message["type"] == "http.response.start":
+                started = True
+                await send(
+                    {"type": message["type"], "status": 413, "headers": self.refusal.raw_headers}
+                )
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                await send({"type": message["type"], "body": self.refusal.body})
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _error(413, ImageTooLarge.code, f"request body is over {self.max_bytes} bytes")
-        await response(scope, receive, send)
+        try:
+            await self.app(scope, counted, guarded)
+        except ImageTooLarge:
+            if started:
+                raise
+            await self.refusal(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -84,6 +107,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(FaceMarginError)
     async def expected_error(_: Request, error: FaceMarginError) -> JSONResponse:
         return _error(error.http_status, error.code, error.message)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        return _error(
+            error.status_code, _HTTP_CODES.get(error.status_code, "http_error"), str(error.detail)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:

@@ -140,6 +140,35 @@ def test_oversized_body_is_refused_before_reading(server):
     assert response.json()["error"]["code"] == "image_too_large"
 
 
+def test_streamed_body_without_length_is_cut_off_at_the_cap(server):
+    def chunks():
+        yield (
+            b"--b0undary\r\nContent-Disposition: form-data; name=image; filename=a.jpg\r\n"
+            b"Content-Type: image/jpeg\r\n\r\n"
+        )
+        for _ in range(100):
+            yield b"\xff" * 10_000
+        yield b"\r\n--b0undary--\r\n"
+
+    response = httpx.post(
+        f"{server}/detect",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=b0undary"},
+        timeout=30,
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "image_too_large"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [("GET", "/nowhere", 404, "not_found"), ("GET", "/detect", 405, "method_not_allowed")],
+)
+def test_routing_errors_use_the_envelope(server, method, path, status, code):
+    response = httpx.request(method, f"{server}{path}")
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+
+
 def test_missing_field_is_a_structured_422(server):
     response = httpx.post(f"{server}/detect", files={"wrong": ("a.jpg", b"x")})
     assert response.status_code == 422
