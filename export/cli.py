@@ -34,8 +34,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_detector(args: argparse.Namespace) -> int:
+    import logging
+    import warnings
+
+    # The exporter logs a line for every torchvision operator it could register (we use none)
+    # and torch's own pytree code raises a FutureWarning at itself; neither is actionable here.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
     from export.detector_check import parity_report
     from export.mtcnn import export_nets, load_nets
+
+    # After the imports: importing torch sets its loggers' levels itself.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
     nets = load_nets(args.wheel)
     for path in export_nets(nets, args.out, opset=args.opset):

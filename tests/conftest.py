@@ -15,23 +15,27 @@ MODELS = REPO / "models"
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert image is not None, f"unreadable test photo {path}"
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def spread(items: list[Path], count: int) -> list[Path]:
+    """`count` items evenly spaced through a sorted list, so a sample spans identities."""
+    items = sorted(items)
+    if len(items) <= count:
+        return items
+    return [items[i * len(items) // count] for i in range(count)]
 
 
 def sample_photos(per_source: int = 15) -> list[Path]:
-    """A fixed, deterministic sample across the three sources (CelebA, FIW, CFP frontal)."""
+    """A fixed sample: the first photo of identities spread across CelebA, FIW and CFP frontal."""
     if not DATA.is_dir():
         pytest.skip(f"face data not found at {DATA}")
-    groups = [
-        sorted((DATA / "train" / "celeba").glob("*/*.jpg")),
-        sorted((DATA / "train" / "fiw").glob("*/*.jpg")),
-        sorted((DATA / "val" / "cfp" / "Data" / "Images").glob("*/frontal/01.jpg")),
-    ]
-    picked: list[Path] = []
-    for files in groups:
-        step = max(len(files) // per_source, 1)
-        picked.extend(files[::step][:per_source])
-    return picked
+    celeba = [min(d.glob("*.jpg")) for d in (DATA / "train" / "celeba").iterdir() if d.is_dir()]
+    fiw = [min(d.glob("*.jpg")) for d in (DATA / "train" / "fiw").iterdir() if d.is_dir()]
+    cfp = list((DATA / "val" / "cfp" / "Data" / "Images").glob("*/frontal/01.jpg"))
+    return spread(celeba, per_source) + spread(fiw, per_source) + spread(cfp, per_source)
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,9 @@ import pytest
 
 from service.detection import Face
 from service.scrfd import ScrfdDetector, adaptive_input_size
+from tests.conftest import SHARED, load_rgb, sample_photos
 
-SHARED = Path(__file__).parents[3] / "shared"
 MODEL = SHARED / "models" / "scrfd_500m.onnx"
-DATA = SHARED / "data"
 
 if not MODEL.is_file():
     pytest.skip(f"SCRFD test model not found at {MODEL}", allow_module_level=True)
@@ -26,37 +25,6 @@ if not MODEL.is_file():
 # The photos are 112 px loose crops. Letterboxed into 640 the face becomes ~450 px and fills
 # the frame, where scrfd_500m misses most faces; at 320 it is ~220 px and found reliably.
 CROP_INPUT = (320, 320)
-PER_SOURCE = {"celeba": 14, "fiw": 13, "cfp": 13}
-
-
-def _rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    assert image is not None, f"unreadable test photo {path}"
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _spread(items: list[Path], count: int) -> list[Path]:
-    """`count` items evenly spaced through a sorted list, so the sample spans identities."""
-    items = sorted(items)
-    if len(items) <= count:
-        return items
-    return [items[i * len(items) // count] for i in range(count)]
-
-
-def _sample_paths() -> list[Path]:
-    if not DATA.is_dir():
-        pytest.skip(f"face photos not found at {DATA}")
-    celeba = [min(d.glob("*.jpg")) for d in (DATA / "train" / "celeba").glob("*") if d.is_dir()]
-    fiw = [min(d.glob("*.jpg")) for d in (DATA / "train" / "fiw").glob("*") if d.is_dir()]
-    cfp = list((DATA / "val" / "cfp" / "Data" / "Images").glob("*/frontal/01.jpg"))
-    paths = (
-        _spread(celeba, PER_SOURCE["celeba"])
-        + _spread(fiw, PER_SOURCE["fiw"])
-        + _spread(cfp, PER_SOURCE["cfp"])
-    )
-    if len(paths) < sum(PER_SOURCE.values()):
-        pytest.skip(f"only {len(paths)} sample photos under {DATA}")
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +40,7 @@ def crop_detector() -> ScrfdDetector:
 
 @pytest.fixture(scope="module")
 def sample() -> list[tuple[Path, np.ndarray]]:
-    return [(path, _rgb(path)) for path in _sample_paths()]
+    return [(path, load_rgb(path)) for path in sample_photos()]
 
 
 @pytest.fixture(scope="module")
