@@ -1,4 +1,4 @@
-"""`facemargin prepare` (and, later, train and evaluate)."""
+"""`facemargin prepare`, `train`, `evaluate` and `backbones`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,131 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--workers", type=int, default=os.cpu_count() or 1, help="parallel processes"
     )
     prepare.set_defaults(run=_run_prepare)
+    _add_train(commands)
+    _add_backbones(commands)
+
+
+def _key_value(text: str) -> tuple[str, float | str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return key, float(value)
+    except ValueError:
+        return key, value
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train a face-embedding backbone with a margin head or metric loss",
+        description="Train on aligned faces (one folder per identity). Settings come from a TOML "
+        "file (--config) and/or flags; flags win. Writes OUT/checkpoint.pt (resumes exactly "
+        "when the same command is run again), OUT/metrics.jsonl and OUT/curves.png. Runs on "
+        "CPU or CUDA (mixed precision); under torchrun it trains data-parallel. "
+        "Heads: softmax, wnorm_softmax, lsoftmax, sphereface, fnorm_sphereface, cosface, "
+        "arcface, combined (or none). Losses: triplet, contrastive, center.",
+    )
+    train.add_argument("--config", type=Path, help="TOML file with any TrainConfig fields")
+    train.add_argument("--data", type=Path, help="aligned faces (output of facemargin prepare)")
+    train.add_argument("--out", type=Path, help="run folder")
+    train.add_argument("--backbone", help="iresnet18/34/50/100, mobilefacenet, sphereface20")
+    train.add_argument("--embedding-dim", type=int)
+    train.add_argument("--head", help="margin head, or 'none' with a metric loss")
+    train.add_argument(
+        "--head-param",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="e.g. s=64 m=0.5",
+    )
+    train.add_argument("--loss", help="triplet, contrastive or center")
+    train.add_argument(
+        "--loss-param",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="e.g. mining=hard margin=0.2",
+    )
+    train.add_argument("--optimizer", choices=["sgd", "adamw"])
+    train.add_argument("--lr", type=float)
+    train.add_argument("--weight-decay", type=float)
+    train.add_argument("--warmup-epochs", type=float)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--images-per-identity", type=int, help="K of P×K batches (metric losses)")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--held-out", type=float, help="fraction of identities kept for validation")
+    train.add_argument("--max-identities", type=int, help="use only the first N identities")
+    train.add_argument("--min-images", type=int)
+    train.add_argument("--val-pairs", type=int)
+    train.add_argument("--num-workers", type=int)
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    train.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    train.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.trainer import Trainer
+
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "data",
+            "out",
+            "backbone",
+            "embedding_dim",
+            "head",
+            "loss",
+            "optimizer",
+            "lr",
+            "weight_decay",
+            "warmup_epochs",
+            "epochs",
+            "batch_size",
+            "images_per_identity",
+            "seed",
+            "held_out",
+            "max_identities",
+            "min_images",
+            "val_pairs",
+            "num_workers",
+            "device",
+            "checkpoint_every",
+        )
+    }
+    if args.head_param:
+        overrides["head_params"] = dict(args.head_param)
+    if args.loss_param:
+        overrides["loss_params"] = dict(args.loss_param)
+    trainer = Trainer(load_config(args.config, overrides))
+    (trainer.config.out / "config.json").write_text(trainer.config.model_dump_json(indent=2) + "\n")
+    result = trainer.fit()
+    if "val_accuracy" in result:
+        print(f"held-out verification accuracy: {result['val_accuracy']:.4f}")
+    print(f"checkpoint: {trainer.checkpoint_path}")
+    return 0
+
+
+def _add_backbones(commands: argparse._SubParsersAction) -> None:
+    backbones = commands.add_parser(
+        "backbones",
+        help="print parameter counts and multiply-accumulates of every backbone",
+        description="Build every backbone (112x112 input, 512-d embedding) and print its "
+        "parameters and multiply-accumulates (convolutions and linear layers) beside the "
+        "published figures.",
+    )
+    backbones.set_defaults(run=_run_backbones)
+
+
+def _run_backbones(args: argparse.Namespace) -> int:
+    from training.backbones import complexity_table, format_complexity_table
+
+    print(format_complexity_table(complexity_table()))
+    return 0
 
 
 def _run_prepare(args: argparse.Namespace) -> int:

@@ -1,0 +1,412 @@
+"""The training loop: objective, schedule, checkpoints that resume exactly, logs and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from training.backbones import build_backbone
+from training.config import TrainConfig
+from training.data import (
+    BatchList,
+    FaceDataset,
+    FaceIndex,
+    index_faces,
+    pk_batches,
+    shuffled_batches,
+    split_by_identity,
+)
+from training.embedder import embed_dataset
+from training.evaluation import kfold_accuracy
+from training.heads import build_head
+from training.losses import build_loss
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
+
+
+class Objective(nn.Module):
+    """Embeddings and labels to the training loss: cross-entropy over a margin head's logits,
+    plus (or instead of) a loss on the embeddings themselves."""
+
+    def __init__(self, config: TrainConfig, num_classes: int) -> None:
+        super().__init__()
+        self.head = (
+            build_head(config.head, config.embedding_dim, num_classes, **config.head_params)
+            if config.head
+            else None
+        )
+        extra: dict[str, Any] = dict(config.loss_params)
+        if config.loss == "center":
+            extra |= {"num_classes": num_classes, "feat_dim": config.embedding_dim}
+        self.embedding_loss = build_loss(config.loss, **extra) if config.loss else None
+
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self.head(embeddings, labels) if self.head is not None else None
+        loss = embeddings.new_zeros((), dtype=torch.float32)
+        if logits is not None:
+            loss = loss + F.cross_entropy(logits.float(), labels)
+        if self.embedding_loss is not None:
+            loss = loss + self.embedding_loss(embeddings, labels)
+        return loss, logits
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Linear warm-up, then cosine decay to zero, per iteration."""
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(total_steps - warmup, 1)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def pick_device(config: TrainConfig) -> torch.device:
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda was asked for but CUDA is not available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # the epoch in progress (or next to start)
+    step_in_epoch: int = 0  # batches of that epoch already trained
+    global_step: int = 0
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.device = pick_device(config)
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if self.distributed and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.rank = torch.distributed.get_rank() if self.distributed else 0
+        self.world = torch.distributed.get_world_size() if self.distributed else 1
+
+        seed_everything(config.seed)
+        full = index_faces(config.data, config.min_images, config.max_identities)
+        if full.num_classes < 2:
+            raise ValueError(
+                f"{config.data}: need at least 2 identities with {config.min_images}+ images"
+            )
+        self.train_index, self.val_index = split_by_identity(full, config.held_out, config.seed)
+        self.dataset = FaceDataset(self.train_index, augmenting=True, seed=config.seed)
+
+        self.backbone = build_backbone(config.backbone, config.embedding_dim, config.dropout).to(
+            self.device
+        )
+        self.objective = Objective(config, self.train_index.num_classes).to(self.device)
+        self.model: nn.Module = self.backbone
+        if self.distributed:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.backbone,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            )
+        parameters = [
+            p
+            for p in [*self.backbone.parameters(), *self.objective.parameters()]
+            if p.requires_grad
+        ]
+        if config.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(
+                parameters, lr=config.lr, weight_decay=config.weight_decay
+            )
+        self.amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.state = RunState()
+        self.steps_per_epoch = len(self._batches(0))
+        self.total_steps = self.steps_per_epoch * config.epochs
+        config.out.mkdir(parents=True, exist_ok=True)
+        self._resume()
+
+    # -- data -------------------------------------------------------------------------------
+    def _batches(self, epoch: int) -> list[list[int]]:
+        c = self.config
+        if c.metric_batches:
+            batches = pk_batches(
+                self.train_index.labels,
+                c.batch_size // c.images_per_identity,
+                c.images_per_identity,
+                c.seed,
+                epoch,
+            )
+        else:
+            batches = shuffled_batches(len(self.train_index), c.batch_size, c.seed, epoch)
+        # Each rank trains on its own share of the same epoch plan.
+        return batches[self.rank :: self.world] if self.world > 1 else batches
+
+    def _loader(self, epoch: int, skip: int) -> DataLoader:
+        self.dataset.epoch = epoch
+        return DataLoader(
+            self.dataset,
+            batch_sampler=BatchList(self._batches(epoch)[skip:]),
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # A private generator: worker seeding must not consume the global RNG, or a resumed
+            # run would draw different dropout masks from an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
+
+    # -- checkpoints ------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.config.out / CHECKPOINT_NAME
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        payload = {
+            "format": "facemargin-checkpoint-1",
+            "config": self.config.model_dump(mode="json"),
+            "identities": list(self.train_index.identities),
+            "backbone": self.backbone.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": vars(self.state).copy(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+        partial = self.checkpoint_path.with_suffix(".partial")
+        torch.save(payload, partial)
+        os.replace(partial, self.checkpoint_path)  # a kill mid-save leaves the previous one intact
+
+    def _resume(self) -> None:
+        if not self.checkpoint_path.exists():
+            return
+        payload = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        saved = TrainConfig(**payload["config"])
+        if saved.model_dump(
+            exclude={"epochs", "num_workers", "device", "log_every"}
+        ) != self.config.model_dump(exclude={"epochs", "num_workers", "device", "log_every"}):
+            raise ValueError(
+                f"{self.checkpoint_path} was written with a different configuration; use another --out"
+            )
+        self.backbone.load_state_dict(payload["backbone"])
+        self.objective.load_state_dict(payload["objective"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.state = RunState(**payload["state"])
+        torch.set_rng_state(payload["rng"]["torch"].cpu())
+        if payload["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+        np.random.set_state(payload["rng"]["numpy"])
+        random.setstate(payload["rng"]["python"])
+        if self.rank == 0:
+            tqdm.write(
+                f"resuming {self.checkpoint_path}: epoch {self.state.epoch + 1}, "
+                f"batch {self.state.step_in_epoch} of {self.steps_per_epoch}"
+            )
+
+    # -- logging ----------------------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        if self.rank == 0:
+            with (self.config.out / METRICS_NAME).open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, stop_after_steps: int | None = None) -> dict[str, Any]:
+        """Train to the configured number of epochs (or stop early after a number of steps, as
+        a killed run would) and return the last validation record."""
+        last: dict[str, Any] = {}
+        steps_run = 0
+        while self.state.epoch < self.config.epochs:
+            epoch = self.state.epoch
+            self.backbone.train()
+            self.objective.train()
+            loader = self._loader(epoch, self.state.step_in_epoch)
+            bar = tqdm(
+                loader,
+                total=self.steps_per_epoch,
+                initial=self.state.step_in_epoch,
+                desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                unit="batch",
+                dynamic_ncols=True,
+                disable=self.rank != 0,
+            )
+            tick, seen = time.perf_counter(), 0
+            for images, labels in bar:
+                loss, correct = self._step(images, labels)
+                seen += len(labels)
+                self.state.step_in_epoch += 1
+                self.state.global_step += 1
+                steps_run += 1
+                if self.state.global_step % self.config.log_every == 0:
+                    rate = seen / (time.perf_counter() - tick)
+                    record = self._train_record(loss, correct, len(labels), rate)
+                    self.log(record)
+                    bar.set_postfix(
+                        loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{rate:.0f}"
+                    )
+                if (
+                    self.config.checkpoint_every
+                    and self.state.global_step % self.config.checkpoint_every == 0
+                ):
+                    self.save_checkpoint()
+                if stop_after_steps is not None and steps_run >= stop_after_steps:
+                    self.save_checkpoint()
+                    return last
+            bar.close()
+            self.state = RunState(epoch + 1, 0, self.state.global_step)
+            last = self.validate(epoch + 1, time.perf_counter() - tick)
+            self.save_checkpoint()
+            plot_curves(self.config.out)
+        return last
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int | None]:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(
+                self.config, self.state.global_step, self.total_steps, self.steps_per_epoch
+            )
+        with torch.autocast(self.device.type, enabled=self.amp):
+            embeddings = self.model(images)
+        loss, logits = self.objective(embeddings.float(), labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.state.global_step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.backbone.parameters(), self.config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        correct = int((logits.argmax(1) == labels).sum()) if logits is not None else None
+        return float(loss.detach()), correct
+
+    def _train_record(
+        self, loss: float, correct: int | None, batch: int, rate: float
+    ) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "kind": "train",
+            "epoch": self.state.epoch + 1,
+            "step": self.state.global_step,
+            "loss": round(loss, 5),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": round(rate * self.world, 1),
+        }
+        if correct is not None:
+            record["accuracy"] = round(correct / batch, 4)
+        head = self.objective.head
+        if head is not None and hasattr(head, "lambda_"):
+            record["lambda"] = float(head.lambda_)
+        return record
+
+    @torch.no_grad()
+    def validate(self, epoch: int, seconds: float) -> dict[str, Any]:
+        """Verification accuracy (10-fold) on pairs of identities never seen in training."""
+        record: dict[str, Any] = {"kind": "val", "epoch": epoch, "step": self.state.global_step}
+        record["epoch_seconds"] = round(seconds, 1)
+        if self.rank == 0 and self.config.val_pairs and self.val_index.num_classes >= 2:
+            scores, same, fold = validation_scores(
+                self.backbone, self.val_index, self.config, self.device
+            )
+            mean, std, *_ = kfold_accuracy(scores, same, fold)
+            record |= {
+                "val_accuracy": round(float(mean), 4),
+                "val_accuracy_std": round(float(std), 4),
+            }
+            record["val_pairs"] = len(same)
+            tqdm.write(f"epoch {epoch}: held-out verification accuracy {mean:.4f} ± {std:.4f}")
+        self.log(record)
+        return record
+
+
+def validation_pairs(
+    index: FaceIndex, n_pairs: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Up to `n_pairs` genuine pairs and as many impostor pairs, with 10 folds."""
+    rng = np.random.default_rng([seed, 7])
+    by_class = [np.flatnonzero(index.labels == c) for c in range(index.num_classes)]
+    genuine = [
+        (a, b) for members in by_class for i, a in enumerate(members) for b in members[i + 1 :]
+    ]
+    if len(genuine) > n_pairs:
+        genuine = [genuine[i] for i in rng.choice(len(genuine), n_pairs, replace=False)]
+    impostor: list[tuple[int, int]] = []
+    while len(impostor) < len(genuine):
+        a, b = rng.integers(0, len(index), size=2)
+        if index.labels[a] != index.labels[b]:
+            impostor.append((int(a), int(b)))
+    pairs = np.asarray(genuine + impostor, dtype=np.int64)
+    same = np.r_[np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]
+    fold = rng.permutation(len(pairs)) % 10
+    return pairs, same, fold
+
+
+def validation_scores(
+    backbone: nn.Module, index: FaceIndex, config: TrainConfig, device: torch.device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pairs, same, fold = validation_pairs(index, config.val_pairs, config.seed)
+    used = np.unique(pairs)
+    embeddings = embed_dataset(backbone, index.root, [index.paths[i] for i in used], device)
+    row = {int(i): r for r, i in enumerate(used)}
+    left = embeddings[[row[int(i)] for i in pairs[:, 0]]]
+    right = embeddings[[row[int(i)] for i in pairs[:, 1]]]
+    return (left * right).sum(axis=1), same, fold
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def plot_curves(run: Path) -> Path | None:
+    """Loss and accuracy against step, held-out accuracy against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in (run / METRICS_NAME).read_text().splitlines() if line]
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val" and "val_accuracy" in r]
+    if not train:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
+    axes[0].set(xlabel="step", ylabel="training loss", title="loss")
+    if any("accuracy" in r for r in train):
+        acc = [r for r in train if "accuracy" in r]
+        axes[1].plot([r["step"] for r in acc], [r["accuracy"] for r in acc])
+    axes[1].set(xlabel="step", ylabel="batch accuracy", title="training accuracy (head logits)")
+    if val:
+        axes[2].plot([r["epoch"] for r in val], [r["val_accuracy"] for r in val], marker="o")
+    axes[2].set(
+        xlabel="epoch", ylabel="10-fold accuracy", title="held-out identities, verification"
+    )
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(run.name)
+    fig.tight_layout()
+    path = run / CURVES_NAME
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
