@@ -43,6 +43,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     prepare.set_defaults(run=_run_prepare)
     _add_train(commands)
+    _add_evaluate(commands)
     _add_backbones(commands)
 
 
@@ -192,3 +193,98 @@ def _run_prepare(args: argparse.Namespace) -> int:
             f"{int(row.get('ok_with_several_faces', 0) + row.get('multiple_faces', 0))}"
         )
     return 0
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a checkpoint on face verification and open-set identification",
+        description="Embed the aligned faces of a pairs protocol with CHECKPOINT and report "
+        "10-fold accuracy (threshold chosen on the other nine folds), ROC AUC, EER and TAR at "
+        "FAR 1e-2/1e-3/1e-4 (with the number of impostor pairs behind each), plus open-set "
+        "identification (rank-1, DIR at FPIR) on CFP's frontal photos. A face the detector "
+        "missed counts as an error, never a dropped pair. Writes OUT/report.json, OUT/roc.png "
+        "and score histograms.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    evaluate.add_argument("checkpoint", type=Path, help="checkpoint.pt from facemargin train")
+    evaluate.add_argument("--cfp", type=Path, help="the CFP folder (holds Data/ and Protocol/)")
+    evaluate.add_argument(
+        "--aligned", type=Path, help="CFP aligned by facemargin prepare (same layout)"
+    )
+    evaluate.add_argument(
+        "--split", nargs="+", choices=["FF", "FP"], default=["FF", "FP"], help="CFP protocols"
+    )
+    evaluate.add_argument(
+        "--pairs",
+        type=Path,
+        action="append",
+        default=[],
+        help="plain pairs list: lines 'PATH1 PATH2 1|0 [FOLD]', paths relative to the list's "
+        "folder (which must hold aligned faces)",
+    )
+    evaluate.add_argument("--no-open-set", action="store_true", help="skip open-set identification")
+    evaluate.add_argument("--flip", action="store_true", help="add mirrored-face embeddings")
+    evaluate.add_argument(
+        "--out", type=Path, help="report folder (default: CHECKPOINT's folder/eval)"
+    )
+    evaluate.add_argument("--device", default="cpu", help="cpu or cuda")
+    evaluate.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from training.protocols import read_cfp, read_pairs_list
+    from training.scoring import ProtocolRun, cfp_frontal_open_set, evaluate_checkpoint
+
+    if args.cfp and not args.aligned:
+        raise SystemExit(
+            "facemargin evaluate: --cfp needs --aligned (run facemargin prepare on it)"
+        )
+    runs = (
+        [ProtocolRun(read_cfp(args.cfp, split), args.aligned) for split in args.split]
+        if args.cfp
+        else []
+    )
+    runs += [ProtocolRun(read_pairs_list(path), path.parent) for path in args.pairs]
+    open_sets = (
+        [cfp_frontal_open_set(args.cfp, args.aligned)] if args.cfp and not args.no_open_set else []
+    )
+    if not runs and not open_sets:
+        raise SystemExit("facemargin evaluate: give --cfp/--aligned and/or --pairs")
+    out = args.out or args.checkpoint.parent / "eval"
+    report = evaluate_checkpoint(args.checkpoint, runs, open_sets, out, args.flip, args.device)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(format_report(report))
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def _threshold(value: float | str | None) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "unreachable"
+
+
+def format_report(report: dict) -> str:
+    lines = []
+    for name, v in report["verification"].items():
+        lines.append(
+            f"{name}: accuracy {v['accuracy']:.4f} ± {v['accuracy_std']:.4f} (10-fold), "
+            f"AUC {v['auc']:.4f}, EER {v['eer']:.4f}, {v['n_pairs']} pairs, "
+            f"{v['n_missing']} with a missed face"
+        )
+        for point in v["tar_at_far"]:
+            claim = "" if point["supported"] else "  (not supported by this many impostors)"
+            lines.append(
+                f"    TAR {point['tar']:.4f} at FAR {point['far']:g} "
+                f"(threshold {_threshold(point['threshold'])}, {point['n_impostor']} impostors){claim}"
+            )
+    for name, o in report["open_set"].items():
+        lines.append(f"{name}: rank-1 {o['rank1']:.4f} on {o['n_mated']} mated probes")
+        for point in o["dir_at_fpir"]:
+            claim = "" if point["supported"] else "  (not supported)"
+            lines.append(
+                f"    DIR {point['dir']:.4f} at FPIR {point['fpir']:g} "
+                f"({point['n_non_mated']} non-mated probes){claim}"
+            )
+    return "\n".join(lines)

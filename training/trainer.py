@@ -67,6 +67,25 @@ class Objective(nn.Module):
         return loss, logits
 
 
+class TrainStep(nn.Module):
+    """Backbone and objective as one module, so data-parallel training all-reduces the head's
+    gradients along with the backbone's. The backbone may run in mixed precision; the margin
+    arithmetic always runs in float32."""
+
+    def __init__(self, backbone: nn.Module, objective: Objective, amp: bool) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.objective = objective
+        self.amp = amp
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.autocast(images.device.type, enabled=self.amp):
+            embeddings = self.backbone(images)
+        return self.objective(embeddings.float(), labels)
+
+
 def learning_rate(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
     """Linear warm-up, then cosine decay to zero, per iteration."""
     warmup = int(config.warmup_epochs * steps_per_epoch)
@@ -114,10 +133,11 @@ class Trainer:
             self.device
         )
         self.objective = Objective(config, self.train_index.num_classes).to(self.device)
-        self.model: nn.Module = self.backbone
+        self.amp = config.amp and self.device.type == "cuda"
+        self.model: nn.Module = TrainStep(self.backbone, self.objective, self.amp)
         if self.distributed:
             self.model = nn.parallel.DistributedDataParallel(
-                self.backbone,
+                self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
         parameters = [
@@ -133,7 +153,6 @@ class Trainer:
             self.optimizer = torch.optim.AdamW(
                 parameters, lr=config.lr, weight_decay=config.weight_decay
             )
-        self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = RunState()
         self.steps_per_epoch = len(self._batches(0))
@@ -154,8 +173,10 @@ class Trainer:
             )
         else:
             batches = shuffled_batches(len(self.train_index), c.batch_size, c.seed, epoch)
-        # Each rank trains on its own share of the same epoch plan.
-        return batches[self.rank :: self.world] if self.world > 1 else batches
+        # Each rank trains its own share of the same epoch plan; equal shares, or the rank
+        # with one batch more would wait forever in the gradient all-reduce.
+        batches = batches[: len(batches) - len(batches) % self.world]
+        return batches[self.rank :: self.world]
 
     def _loader(self, epoch: int, skip: int) -> DataLoader:
         self.dataset.epoch = epoch
@@ -236,6 +257,9 @@ class Trainer:
         a killed run would) and return the last validation record."""
         last: dict[str, Any] = {}
         steps_run = 0
+        if self.state.global_step == 0:
+            # The untrained network's score on the same pairs: the baseline the curve rises from.
+            self.validate(0, 0.0)
         while self.state.epoch < self.config.epochs:
             epoch = self.state.epoch
             self.backbone.train()
@@ -286,9 +310,7 @@ class Trainer:
             group["lr"] = learning_rate(
                 self.config, self.state.global_step, self.total_steps, self.steps_per_epoch
             )
-        with torch.autocast(self.device.type, enabled=self.amp):
-            embeddings = self.model(images)
-        loss, logits = self.objective(embeddings.float(), labels)
+        loss, logits = self.model(images, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {self.state.global_step}")
         self.optimizer.zero_grad(set_to_none=True)

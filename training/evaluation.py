@@ -1,0 +1,582 @@
+"""Face verification and open-set identification metrics. numpy only (plus pydantic for the
+reports and matplotlib, imported lazily, for plots), so export and serving can reuse them to
+calibrate thresholds without the training stack.
+
+Verification
+    Inputs are one similarity score per pair (cosine: higher = more alike) and whether the pair
+    shows the same person (genuine) or not (impostor). A pair *matches* when
+    ``score >= threshold``.
+
+    - accuracy(t) = (genuine with score >= t + impostors with score < t) / pairs.
+    - k-fold accuracy: for each fold, the threshold maximising accuracy on the *other* folds
+      (candidates: midpoints between neighbouring distinct scores, plus one threshold below and
+      one above them all; ties go to the lowest candidate), applied to the held-out fold. The
+      mean and the population std (ddof=0) of the per-fold accuracies are reported.
+    - FAR(t) = impostors accepted / impostors; TAR(t) = genuine accepted / genuine;
+      FRR = 1 - TAR.
+    - ROC: (FAR, TAR) at every distinct score used as threshold, from the strictest
+      (threshold +inf) down. AUC: area under it, i.e. the Mann–Whitney probability that a
+      genuine pair outscores an impostor pair, ties counting one half.
+    - EER: where FAR = FRR on the ROC polyline (linear interpolation between the two operating
+      points that bracket the crossing); its threshold is that of the bracketing point nearer
+      the crossing (the stricter one on a tie).
+    - TAR at FAR f: TAR at `threshold_at_far(impostors, f)`, the smallest threshold whose FAR
+      is at most f.
+
+Missing faces (NaN scores): pessimistic, never dropped
+    A NaN score means no face was found in one of the images. Such a pair is an error at every
+    threshold: a NaN genuine pair is a false reject and a NaN impostor pair a false accept,
+    whatever the threshold (as if scored -inf and +inf). So NaN pairs are wrong in every
+    accuracy, lower TAR, raise FAR (the ROC starts at FAR = NaN impostors / impostors, not 0),
+    and use up the false-accept budget of `threshold_at_far` (which returns +inf when they
+    alone exceed it). Threshold *choice* ignores them, since they are wrong at any threshold.
+    Reports count them (``n_missing``).
+
+Supported operating points
+    With n impostors the only observable FARs are multiples of 1/n; FAR f can be shown only
+    when at least one false accept is allowed, i.e. n >= ceil(1/f). Below that the threshold
+    sits above every impostor (observed FAR 0) and its TAR says nothing about FAR f: the point
+    is still reported (the best available) but with ``supported = False`` and must not be
+    quoted as "TAR at FAR f". The same rule applies to FPIR with non-mated probes.
+
+Open-set identification
+    A gallery of enrolled identities (one or more L2-normalised embeddings each) and probes,
+    each scored against every gallery row by cosine; a probe's top score and top identity
+    decide. *Mated* probes have their identity in the gallery, *non-mated* ones do not.
+
+    - rank-1 = mated probes whose top identity is theirs / mated probes.
+    - FPIR(t) = non-mated probes with top score >= t / non-mated probes.
+    - DIR at FPIR f = mated probes whose top identity is theirs AND top score >= t_f / mated
+      probes, with t_f = `threshold_at_far(non-mated top scores, f)`.
+    - A NaN probe row (no face) is a miss when mated and a false alarm at every threshold when
+      non-mated. A NaN gallery row (failed enrolment) still counts its identity as enrolled
+      but can never be the top match, so that identity's probes are misses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+FAR_TARGETS = (1e-2, 1e-3, 1e-4)
+FPIR_TARGETS = (0.01, 0.1)
+
+# Thresholds can be +-inf (nothing or everything accepted); keep the JSON valid and
+# round-trippable by writing them as "Infinity"/"-Infinity" strings.
+_REPORT_CONFIG = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+
+
+# --- reports -----------------------------------------------------------------------------
+
+
+class TarAtFar(BaseModel):
+    """TAR at one FAR target. `far_achieved` is the FAR actually observed at `threshold`."""
+
+    model_config = _REPORT_CONFIG
+
+    far: float
+    tar: float
+    threshold: float
+    far_achieved: float
+    n_impostor: int
+    n_impostor_needed: int  # ceil(1/far): impostors needed to show this FAR at all
+    supported: bool
+
+
+class VerificationReport(BaseModel):
+    model_config = _REPORT_CONFIG
+
+    n_pairs: int
+    n_genuine: int
+    n_impostor: int
+    n_missing: int  # pairs with a NaN score, each counted as an error
+    n_missing_genuine: int
+    n_missing_impostor: int
+    accuracy: float  # mean held-out accuracy over the folds
+    accuracy_std: float
+    fold_accuracy: list[float]
+    fold_threshold: list[float]
+    auc: float
+    eer: float
+    eer_threshold: float
+    tar_at_far: list[TarAtFar]
+
+
+class DirAtFpir(BaseModel):
+    """DIR at one FPIR target; `fpir_achieved` is the FPIR observed at `threshold`."""
+
+    model_config = _REPORT_CONFIG
+
+    fpir: float
+    dir: float
+    threshold: float
+    fpir_achieved: float
+    n_non_mated: int
+    n_non_mated_needed: int  # ceil(1/fpir)
+    supported: bool
+
+
+class OpenSetReport(BaseModel):
+    model_config = _REPORT_CONFIG
+
+    n_gallery: int
+    n_gallery_identities: int
+    n_mated: int
+    n_non_mated: int
+    n_missing: int  # probes with no face (NaN row): misses or false alarms
+    n_missing_gallery: int
+    rank1: float
+    dir_at_fpir: list[DirAtFpir]
+
+
+# --- input checks and small helpers ------------------------------------------------------
+
+
+def _check_pairs(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores as float64 (NaN = missing) and labels as bool, same length, at least one pair."""
+    scores = np.asarray(scores, dtype=np.float64)
+    same_in = np.asarray(same)
+    if scores.ndim != 1 or same_in.shape != scores.shape:
+        raise ValueError(
+            f"scores and same must be 1-D of equal length, got {scores.shape} and {same_in.shape}"
+        )
+    if scores.size == 0:
+        raise ValueError("no pairs to evaluate")
+    if same_in.dtype != np.bool_ and not np.isin(same_in, (0, 1)).all():
+        raise ValueError("same must be boolean (or 0/1)")
+    return scores, same_in.astype(bool)
+
+
+def _check_both_kinds(same: np.ndarray) -> None:
+    if same.all() or not same.any():
+        raise ValueError("ROC metrics need at least one genuine and one impostor pair")
+
+
+def _allowed_count(rate: float, n: int) -> int:
+    """The largest k <= n with k/n <= rate, robust to floating error in rate*n
+    (e.g. 0.29 * 100 = 28.999...)."""
+    k = min(n, math.floor(rate * n))
+    while k < n and (k + 1) / n <= rate:
+        k += 1
+    while k > 0 and k / n > rate:
+        k -= 1
+    return k
+
+
+def _needed_count(rate: float) -> int:
+    """ceil(1/rate): the fewest trials that can show a rate of `rate` (one event allowed)."""
+    # The tiny shrink keeps 1/1e-3 from becoming 1001 through rounding noise.
+    return math.ceil((1.0 / rate) * (1 - 1e-12))
+
+
+def _check_rate(rate: float, what: str) -> None:
+    if not 0 < rate <= 1:
+        raise ValueError(f"{what} target must be in (0, 1], got {rate}")
+
+
+# --- accuracy with k folds ---------------------------------------------------------------
+
+
+def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """The threshold maximising accuracy on these pairs, in O(n log n).
+
+    Candidates: one below every score, the midpoints between neighbouring distinct scores, one
+    above every score; ties go to the lowest. NaN pairs are wrong at any threshold, so they
+    cannot change the choice and are left out. 0.0 when no score is finite.
+    """
+    scores, same = _check_pairs(scores, same)
+    finite = ~np.isnan(scores)
+    scores, same = scores[finite], same[finite]
+    if scores.size == 0:
+        return 0.0
+    values, inverse = np.unique(scores, return_inverse=True)
+    # genuine_le[i] / impostor_le[i]: pairs scoring <= values[i]
+    genuine_le = np.cumsum(np.bincount(inverse, weights=same, minlength=len(values)))
+    impostor_le = np.cumsum(np.bincount(inverse, weights=~same, minlength=len(values)))
+    n_genuine = same.sum()
+    # Candidate 0 accepts everything; candidate i+1 rejects exactly the scores <= values[i].
+    correct = np.r_[n_genuine, n_genuine - genuine_le + impostor_le]
+    best = int(np.argmax(correct))  # first maximum: the lowest threshold
+    if best == 0:
+        return float(values[0] - (1.0 + abs(values[0])))
+    if best == len(values):
+        return float(values[-1] + (1.0 + abs(values[-1])))
+    low, high = values[best - 1], values[best]
+    middle = low / 2 + high / 2
+    # Between neighbouring floats the midpoint can round onto `low`, which would accept it;
+    # `high` splits the pairs identically then.
+    return float(middle if middle > low else high)
+
+
+def accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float) -> float:
+    """Fraction of pairs decided right at `threshold`; NaN pairs are always wrong."""
+    scores, same = _check_pairs(scores, same)
+    # Comparisons with NaN are False both ways, so a NaN pair is neither a correct accept
+    # nor a correct reject.
+    correct = np.where(same, scores >= threshold, scores < threshold)
+    return float(correct.mean())
+
+
+def kfold_accuracy(
+    scores: np.ndarray, same: np.ndarray, fold: np.ndarray
+) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """(mean accuracy, std, per-fold accuracy, per-fold threshold), folds in ascending order.
+    Each fold is judged at the threshold that maximises accuracy on all the other folds."""
+    scores, same = _check_pairs(scores, same)
+    fold = np.asarray(fold)
+    if fold.shape != scores.shape:
+        raise ValueError(f"fold must have shape {scores.shape}, got {fold.shape}")
+    folds = np.unique(fold)
+    if len(folds) < 2:
+        raise ValueError(f"k-fold accuracy needs at least 2 folds, got {len(folds)}")
+    accuracy = np.empty(len(folds))
+    threshold = np.empty(len(folds))
+    for k, name in enumerate(folds):
+        test = fold == name
+        threshold[k] = best_threshold(scores[~test], same[~test])
+        accuracy[k] = accuracy_at(scores[test], same[test], threshold[k])
+    return float(accuracy.mean()), float(accuracy.std()), accuracy, threshold
+
+
+# --- ROC, AUC, EER -----------------------------------------------------------------------
+
+
+def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The exact step ROC: (far, tar, thresholds), thresholds descending from +inf (accepts
+    no finite score) through every distinct finite score (match if score >= threshold).
+
+    NaN genuine pairs are rejected and NaN impostor pairs accepted at every threshold, so the
+    curve starts at FAR = NaN impostors / impostors and TAR stays below 1 when a genuine pair
+    is NaN. Consecutive points move up (genuine accepted), right (impostor accepted) or
+    diagonally (tied scores), so joining them with lines draws the curve exactly.
+    """
+    scores, same = _check_pairs(scores, same)
+    _check_both_kinds(same)
+    n_genuine, n_impostor = int(same.sum()), int((~same).sum())
+    missing = np.isnan(scores)
+    missing_impostor = int((missing & ~same).sum())
+    order = np.argsort(-scores[~missing], kind="stable")
+    ordered = scores[~missing][order]
+    genuine = same[~missing][order]
+    true_accepts = np.cumsum(genuine)
+    false_accepts = np.cumsum(~genuine)
+    # Keep the last position of every run of equal scores: a threshold accepts the whole tie.
+    last = np.r_[ordered[1:] != ordered[:-1], True] if ordered.size else np.zeros(0, bool)
+    thresholds = np.r_[np.inf, ordered[last]]
+    tar = np.r_[0, true_accepts[last]] / n_genuine
+    far = (np.r_[0, false_accepts[last]] + missing_impostor) / n_impostor
+    return far, tar, thresholds
+
+
+def roc_auc(scores: np.ndarray, same: np.ndarray) -> float:
+    """Area under the ROC, = P(genuine score > impostor score) + P(tie) / 2, with NaN genuine
+    pairs below and NaN impostor pairs above every score (and a NaN against a NaN a loss)."""
+    far, tar, _ = roc_curve(scores, same)
+    # Close the curve at (0, 0) and (1, 1); by the NaN rule the unreachable stretches, TAR 0
+    # below the starting FAR and FAR 1 above the final TAR, add no area.
+    x = np.r_[0.0, far, 1.0]
+    y = np.r_[0.0, tar, 1.0]
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+
+
+def eer(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """(equal error rate, threshold at it). See the module docstring for the definition."""
+    far, tar, thresholds = roc_curve(scores, same)
+    gap = far - (1 - tar)  # FAR - FRR: never decreases along the curve; 0 or more at its end
+    k = int(np.argmax(gap >= 0))
+    if k == 0 or gap[k] == 0:
+        return float(far[k]), float(thresholds[k])
+    w = -gap[k - 1] / (gap[k] - gap[k - 1])
+    rate = far[k - 1] + w * (far[k] - far[k - 1])
+    nearer = k if abs(gap[k]) < abs(gap[k - 1]) else k - 1
+    return float(rate), float(thresholds[nearer])
+
+
+# --- operating points at a FAR -----------------------------------------------------------
+
+
+def threshold_at_far(impostor_scores: np.ndarray, far: float) -> float:
+    """The smallest threshold t with FAR(t) = #(impostors >= t) / n <= far.
+
+    FAR only drops just *above* an impostor score, so t is the next representable float above
+    the (k+1)-th highest impostor score, k = the most false accepts allowed (largest k with
+    k/n <= far). That float is taken in the input's dtype, so a float32 threshold compared
+    with float32 scores keeps the guarantee. NaN impostors are false accepts at any threshold
+    and use up the budget first: +inf when they alone exceed it (FAR stays above the target
+    whatever the threshold); -inf when every impostor may be accepted (far >= 1).
+    """
+    raw = np.asarray(impostor_scores)
+    dtype = raw.dtype if np.issubdtype(raw.dtype, np.floating) else np.dtype(np.float64)
+    scores = raw.astype(np.float64)
+    if scores.ndim != 1 or scores.size == 0:
+        raise ValueError("threshold_at_far needs a non-empty 1-D array of impostor scores")
+    if not 0 <= far <= 1:
+        raise ValueError(f"far must be in [0, 1], got {far}")
+    missing = np.isnan(scores)
+    allowed = _allowed_count(far, scores.size) - int(missing.sum())
+    if allowed < 0:
+        return math.inf
+    finite = np.sort(scores[~missing])[::-1]
+    if allowed >= finite.size:
+        return -math.inf
+    return float(np.nextafter(dtype.type(finite[allowed]), dtype.type(np.inf)))
+
+
+def _accept_rate(scores: np.ndarray, threshold: float) -> float:
+    """Fraction accepted at `threshold`, counting NaN as accepted (impostor side)."""
+    return float(np.mean(np.isnan(scores) | (scores >= threshold)))
+
+
+def tar_at_far(
+    scores: np.ndarray, same: np.ndarray, far_targets: Sequence[float] = FAR_TARGETS
+) -> list[TarAtFar]:
+    """TAR at each FAR target, with the threshold, the FAR achieved and whether the number of
+    impostors supports the target (n_impostor >= ceil(1/far))."""
+    raw = np.asarray(scores)
+    checked, same = _check_pairs(raw, same)
+    _check_both_kinds(same)
+    # Pass the impostors in their own dtype so float32 scores get a float32-exact threshold.
+    impostors = raw[~same] if np.issubdtype(raw.dtype, np.floating) else checked[~same]
+    genuine = checked[same]
+    points = []
+    for target in far_targets:
+        _check_rate(target, "FAR")
+        threshold = threshold_at_far(impostors, target)
+        needed = _needed_count(target)
+        points.append(
+            TarAtFar(
+                far=target,
+                tar=float(np.mean(genuine >= threshold)),  # NaN genuine: never accepted
+                threshold=threshold,
+                far_achieved=_accept_rate(checked[~same], threshold),
+                n_impostor=int(impostors.size),
+                n_impostor_needed=needed,
+                supported=impostors.size >= needed,
+            )
+        )
+    return points
+
+
+def verification_report(
+    scores: np.ndarray,
+    same: np.ndarray,
+    fold: np.ndarray,
+    far_targets: Sequence[float] = FAR_TARGETS,
+) -> VerificationReport:
+    """Everything above for one protocol: k-fold accuracy, AUC, EER, TAR at FAR, counts."""
+    checked, same_bool = _check_pairs(scores, same)
+    mean, std, fold_accuracy, fold_threshold = kfold_accuracy(checked, same_bool, fold)
+    rate, rate_threshold = eer(checked, same_bool)
+    missing = np.isnan(checked)
+    return VerificationReport(
+        n_pairs=int(checked.size),
+        n_genuine=int(same_bool.sum()),
+        n_impostor=int((~same_bool).sum()),
+        n_missing=int(missing.sum()),
+        n_missing_genuine=int((missing & same_bool).sum()),
+        n_missing_impostor=int((missing & ~same_bool).sum()),
+        accuracy=mean,
+        accuracy_std=std,
+        fold_accuracy=fold_accuracy.tolist(),
+        fold_threshold=fold_threshold.tolist(),
+        auc=roc_auc(checked, same_bool),
+        eer=rate,
+        eer_threshold=rate_threshold,
+        tar_at_far=tar_at_far(scores, same_bool, far_targets),
+    )
+
+
+# --- open-set identification -------------------------------------------------------------
+
+
+def _check_embeddings(x: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """float64 rows and which rows are missing (any NaN); present rows must be unit length,
+    because cosine similarity is computed as a dot product."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (rows, dim), got shape {x.shape}")
+    missing = np.isnan(x).any(axis=1)
+    norms = np.linalg.norm(x[~missing], axis=1)
+    if norms.size and not np.allclose(norms, 1.0, atol=1e-3):
+        raise ValueError(
+            f"{what} rows must be L2-normalised (norms {norms.min():.4g}..{norms.max():.4g})"
+        )
+    return x, missing
+
+
+def _top_matches(
+    gallery: np.ndarray, gallery_missing: np.ndarray, probes: np.ndarray, block: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each probe's best gallery row and its score (-inf when no gallery row is usable),
+    computed in blocks of probes to bound memory."""
+    index = np.zeros(len(probes), dtype=np.int64)
+    score = np.full(len(probes), -np.inf)
+    usable = np.flatnonzero(~gallery_missing)
+    if usable.size == 0:
+        return index, score
+    rows = gallery[usable]
+    for start in range(0, len(probes), block):
+        similarity = np.nan_to_num(probes[start : start + block], nan=0.0) @ rows.T
+        best = similarity.argmax(axis=1)  # first maximum on a tie
+        index[start : start + block] = usable[best]
+        score[start : start + block] = similarity[np.arange(len(best)), best]
+    return index, score
+
+
+def open_set_report(
+    gallery: np.ndarray,
+    gallery_ids: Sequence[str] | np.ndarray,
+    probes: np.ndarray,
+    probe_ids: Sequence[str] | np.ndarray,
+    fpir_targets: Sequence[float] = FPIR_TARGETS,
+) -> OpenSetReport:
+    """Rank-1 accuracy on mated probes and DIR at each FPIR target (definitions and the NaN
+    rule in the module docstring). `gallery` (G, d) and `probes` (Q, d) hold L2-normalised
+    rows; NaN rows are missing faces."""
+    gallery, gallery_missing = _check_embeddings(gallery, "gallery")
+    probes, probe_missing = _check_embeddings(probes, "probes")
+    gallery_ids = np.asarray(gallery_ids)
+    probe_ids = np.asarray(probe_ids)
+    if gallery_ids.shape != (len(gallery),) or probe_ids.shape != (len(probes),):
+        raise ValueError("need one identity per gallery row and per probe row")
+    if gallery.shape[1] != probes.shape[1]:
+        raise ValueError(f"gallery dim {gallery.shape[1]} != probe dim {probes.shape[1]}")
+    mated = np.isin(probe_ids, gallery_ids)
+    n_mated, n_non_mated = int(mated.sum()), int((~mated).sum())
+    if n_mated == 0 or n_non_mated == 0:
+        raise ValueError(
+            f"open-set evaluation needs mated and non-mated probes, got {n_mated} and {n_non_mated}"
+        )
+    best, top_score = _top_matches(gallery, gallery_missing, probes)
+    # A probe without a face identifies nobody (a miss) and, being NaN, is a false alarm at
+    # any threshold in threshold_at_far.
+    top_score[probe_missing] = np.nan
+    correct = (gallery_ids[best] == probe_ids) & ~probe_missing & np.isfinite(top_score)
+    non_mated_top = top_score[~mated]
+    points = []
+    for target in fpir_targets:
+        _check_rate(target, "FPIR")
+        threshold = threshold_at_far(non_mated_top, target)
+        hits = correct[mated] & (top_score[mated] >= threshold)
+        needed = _needed_count(target)
+        points.append(
+            DirAtFpir(
+                fpir=target,
+                dir=float(hits.mean()),
+                threshold=threshold,
+                fpir_achieved=_accept_rate(non_mated_top, threshold),
+                n_non_mated=n_non_mated,
+                n_non_mated_needed=needed,
+                supported=n_non_mated >= needed,
+            )
+        )
+    return OpenSetReport(
+        n_gallery=len(gallery),
+        n_gallery_identities=len(np.unique(gallery_ids)),
+        n_mated=n_mated,
+        n_non_mated=n_non_mated,
+        n_missing=int(probe_missing.sum()),
+        n_missing_gallery=int(gallery_missing.sum()),
+        rank1=float(correct[mated].mean()),
+        dir_at_fpir=points,
+    )
+
+
+def split_open_set(
+    ids: Sequence[str], paths: Sequence[str], known_fraction: float = 0.5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(gallery indices, probe indices) into `ids`/`paths`, split by identity.
+
+    round(known_fraction * identities) identities, drawn with `seed` from the sorted list, are
+    known: each enrols its first image by sorted path, and its other images are mated probes.
+    Every image of the other identities is a non-mated probe. Indices come back ascending.
+    """
+    if len(ids) != len(paths):
+        raise ValueError(f"{len(ids)} ids but {len(paths)} paths")
+    if not 0 <= known_fraction <= 1:
+        raise ValueError(f"known_fraction must be in [0, 1], got {known_fraction}")
+    identities = sorted(set(ids))
+    order = np.random.default_rng(seed).permutation(len(identities))
+    known = {identities[i] for i in order[: round(known_fraction * len(identities))]}
+    first: dict[str, int] = {}
+    for i in sorted(range(len(paths)), key=lambda i: (paths[i], i)):
+        if ids[i] in known:
+            first.setdefault(ids[i], i)
+    gallery = np.array(sorted(first.values()), dtype=np.int64)
+    probe = np.setdiff1d(np.arange(len(ids), dtype=np.int64), gallery)
+    return gallery, probe
+
+
+# --- plots -------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float):
+    """A figure not registered with pyplot: no GUI backend, no global state, safe in workers."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless, also for anything else that touches pyplot later
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="tight")
+
+
+def plot_roc(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "ROC"
+) -> Path:
+    """Overlay ROC curves {name: (far, tar)} on a log FAR axis from 1e-4 to 1; write a PNG."""
+    fig = _figure(6.5, 5)
+    ax = fig.subplots()
+    for name, (far, tar) in curves.items():
+        far, tar = np.asarray(far, dtype=np.float64), np.asarray(tar, dtype=np.float64)
+        keep = far > 0  # FAR 0 has no place on a log axis
+        ax.plot(far[keep], tar[keep], label=name)
+    ax.set(
+        xscale="log",
+        xlim=(1e-4, 1),
+        ylim=(0, 1.01),
+        xlabel="false accept rate",
+        ylabel="true accept rate",
+        title=title,
+    )
+    ax.grid(alpha=0.3, which="both")
+    if curves:
+        ax.legend(loc="lower right")
+    fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_score_histograms(
+    scores: np.ndarray,
+    same: np.ndarray,
+    path: Path,
+    threshold: float | None = None,
+    title: str = "genuine vs impostor scores",
+) -> Path:
+    """Genuine and impostor score histograms on shared bins (NaN pairs counted in the
+    legend, not drawn); an optional threshold line. Writes a PNG."""
+    scores, same = _check_pairs(scores, same)
+    missing = np.isnan(scores)
+    finite = scores[~missing]
+    low, high = (finite.min(), finite.max()) if finite.size else (-1.0, 1.0)
+    bins = np.linspace(low, high if high > low else low + 1e-6, 61)
+    fig = _figure(6.5, 4)
+    ax = fig.subplots()
+    for label, mask in (("genuine", same), ("impostor", ~same)):
+        values = scores[mask & ~missing]
+        ax.hist(
+            values,
+            bins=bins,
+            alpha=0.55,
+            density=bool(values.size),  # densities: the two kinds can differ in number
+            label=f"{label} ({values.size}, {int((mask & missing).sum())} missing)",
+        )
+    if threshold is not None and math.isfinite(threshold):
+        ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="cosine similarity", ylabel="density", title=title)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    return Path(path)
