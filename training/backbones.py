@@ -1,9 +1,9 @@
 """Embedding backbones for 112x112 aligned faces, and their complexity figures.
 
 Every backbone takes a float tensor (N, 3, 112, 112): RGB, already normalised to [-1, 1] as
-(x - 127.5) / 127.5. The normalisation itself lives with the data pipeline (`training.data`)
-and in the exported ONNX graph, not here. Every backbone returns (N, embedding_dim) embeddings
-that are NOT L2-normalised: their norm is a quality signal used downstream.
+(x - 127.5) / 127.5. The normalisation itself lives elsewhere (`training.data` for training),
+not here. Every backbone returns (N, embedding_dim) embeddings that are NOT L2-normalised:
+their norm is a quality signal used downstream.
 
 - IResNet-18/34/50/100: InsightFace arcface_torch `backbones/iresnet.py`, layer for layer
   (BN-conv-BN-PReLU-conv-BN blocks; BN-Dropout-FC-BN embedding tail), same initialisation.
