@@ -72,9 +72,17 @@ combined head equals ArcFace for θ ≤ π − m2 and differs only in the corner
 monotonic (the combined extension is continuous; ArcFace keeps InsightFace's step).
 
 Numerics. Every head casts its inputs to float32 and runs with autocast disabled, so mixed
-precision cannot degrade the margin arithmetic and the logits are always float32. Norms use
-an epsilon floor, so a zero embedding gives finite logits and gradients; cosines are clamped
-to [−1, 1] before any margin function.
+precision cannot degrade the margin arithmetic and the logits are always float32. Cosines are
+clamped to [−1, 1] before any margin function, and nothing divides by sin θ or by an
+unfloored norm, so forward and backward stay finite at cos θ = ±1. Norms use an epsilon floor
+(1e-12, as ``F.normalize``): a zero embedding gives finite logits and a finite float32
+gradient, though a large one (the direction of a zero vector is undefined; the gain is 1/ε),
+which does not fit in float16. Near θ = 0 and θ = π a float32 cosine resolves the angle only
+to about √(2ε) ≈ 5e-4 rad, so the arccos/sin-based margins (arcface, combined) are accurate to
+about ``s · 5e-4`` there; the ψ margins are polynomials in cos θ and have no such loss.
+
+One training-mode forward is one iteration of the λ schedule: with gradient accumulation or
+several forwards per step, pin λ and set it yourself (``head.lambda_ = head.schedule(step)``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ triplet (``margin`` α = 0.2, ``mining`` = ``hard``)
       hardest (nearest) negative. Mean over the pairs whose anchor has a negative. (TensorFlow
       Addons falls back to the farthest negative instead, which makes such pairs give zero.)
 
+    ``all`` and ``semihard`` build an N×N×N table (2M entries at N = 128): fine for P×K
+    batches of a few hundred, not for thousands.
+
 center (``num_classes``, ``feat_dim``, ``alpha`` = 0.5, ``weight`` λ = 0.003)
     ``weight · ½ · mean_i ‖x_i − c_{y_i}‖²`` on the raw (unnormalised) embeddings. The centres
     are a buffer (not parameters, so no optimiser touches them), initialised to zero. After the
@@ -101,6 +104,8 @@ class TripletLoss(nn.Module):
             same = labels[:, None] == labels[None, :]
             eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
             positive, negative = same & ~eye, ~same
+            if len(labels) < 2:  # no triplet at all (and nothing to reduce over)
+                return _masked_mean(d, positive)
             if self.mining == "all":
                 return self._batch_all(d, positive, negative)
             if self.mining == "hard":
