@@ -516,10 +516,15 @@ def split_open_set(
 
 def _figure(width: float, height: float):
     """A figure not registered with pyplot: no GUI backend, no global state, safe in workers."""
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")  # headless, also for anything else that touches pyplot later
     from matplotlib.figure import Figure
+
+    # Mathtext falls back from fonts this machine lacks and warns once per font; harmless.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
 
     return Figure(figsize=(width, height), layout="tight")
 

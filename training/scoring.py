@@ -47,6 +47,28 @@ def pair_scores(embeddings: dict[str, np.ndarray], protocol: PairsProtocol) -> n
     return (left * right).sum(axis=1)
 
 
+def _embed_once(
+    backbone: torch.nn.Module,
+    protocols: list[ProtocolRun],
+    open_sets: list[OpenSetRun],
+    device: torch.device,
+    flip: bool,
+) -> dict[Path, dict[str, np.ndarray]]:
+    """Embeddings by image root and path: CFP's FF, FP and open-set runs share most of their
+    photos, and each is embedded once."""
+    wanted: dict[Path, set[str]] = {}
+    for run in protocols:
+        wanted.setdefault(run.image_root, set()).update(run.protocol.images)
+    for run in open_sets:
+        wanted.setdefault(run.image_root, set()).update(run.paths)
+    embedded: dict[Path, dict[str, np.ndarray]] = {}
+    for root, paths in wanted.items():
+        ordered = sorted(paths)
+        rows = embed_dataset(backbone, root, ordered, device, flip=flip)
+        embedded[root] = dict(zip(ordered, rows, strict=True))
+    return embedded
+
+
 def cfp_frontal_open_set(cfp_root: Path, aligned_root: Path) -> OpenSetRun:
     """CFP's 500 people × 10 frontal photos as an open-set identification protocol."""
     images = sorted((cfp_root / "Data" / "Images").glob("*/frontal/*.jpg"))
@@ -73,11 +95,10 @@ def evaluate_checkpoint(
         "verification": {},
         "open_set": {},
     }
+    vectors = _embed_once(backbone, protocols, open_sets, torch.device(device), flip)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for run in protocols:
-        images = list(run.protocol.images)
-        vectors = embed_dataset(backbone, run.image_root, images, torch.device(device), flip=flip)
-        scores = pair_scores(dict(zip(images, vectors, strict=True)), run.protocol)
+        scores = pair_scores(vectors[run.image_root], run.protocol)
         result = verification_report(scores, run.protocol.same, run.protocol.fold, FAR_TARGETS)
         # Through JSON: infinite thresholds become strings there, not invalid JSON.
         report["verification"][run.protocol.name] = json.loads(result.model_dump_json())
@@ -92,11 +113,9 @@ def evaluate_checkpoint(
     if curves:
         plot_roc(curves, out / "roc.png", title=f"{checkpoint.parent.name}: ROC")
     for run in open_sets:
-        vectors = embed_dataset(
-            backbone, run.image_root, run.paths, torch.device(device), flip=flip
-        )
+        embedded = np.stack([vectors[run.image_root][p] for p in run.paths])
         gallery, probes = split_open_set(run.identities, run.paths, known_fraction=0.5, seed=0)
         ids = np.asarray(run.identities)
-        result = open_set_report(vectors[gallery], ids[gallery], vectors[probes], ids[probes])
+        result = open_set_report(embedded[gallery], ids[gallery], embedded[probes], ids[probes])
         report["open_set"][run.name] = json.loads(result.model_dump_json())
     return report
