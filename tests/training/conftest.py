@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import DATA
 from training.prepare import PrepareOptions, prepare
@@ -31,3 +32,13 @@ def prepare_subset(root: Path, identities: int, per_identity: int, offset: int =
 def small_faces(tmp_path_factory) -> Path:
     """40 identities, up to 6 aligned faces each."""
     return prepare_subset(tmp_path_factory.mktemp("small_faces"), 40, 6)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch single-threaded for a module of small-tensor tests: on shared two-core machines a
+    second intra-op thread mostly waits for a busy core (it made test_backbones 3x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

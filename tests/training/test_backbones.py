@@ -27,14 +27,7 @@ SMALL = ("iresnet18", "mobilefacenet", "sphereface20")
 LARGE = ("iresnet34", "iresnet50", "iresnet100")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run torch single-threaded here: on the shared two-core test machines a second intra-op
-    thread mostly waits for a busy core, which made this file three times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def faces(batch: int, seed: int = 0) -> torch.Tensor:

@@ -43,13 +43,7 @@ NO_MARGIN = {
 GRID = torch.linspace(0.0, math.pi, 4001, dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds contention on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_head(name: str, seed: int = 0, **hparams) -> nn.Module:

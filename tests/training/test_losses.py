@@ -10,14 +10,7 @@ import torch
 
 from training.losses import LOSS_NAMES, build_loss
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds contention on a shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def on_circle(angles: list[float]) -> torch.Tensor:
