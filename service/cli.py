@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from export.cli import add_commands as add_export_commands
+from export.cli import default_target
 from training.cli import add_commands as add_training_commands
 
 
@@ -54,7 +55,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(default_target(sys.argv[1:] if argv is None else argv))
     return int(args.run(args) or 0)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -48,3 +49,34 @@ def mtcnn():
     from service.mtcnn import MtcnnDetector
 
     return MtcnnDetector(MODELS)
+
+
+def prepare_subset(
+    root: Path,
+    identities: int,
+    per_identity: int,
+    offset: int = 0,
+    source: Path = DATA / "train" / "celeba",
+    pattern: str = "*.jpg",
+) -> Path:
+    """Copy a slice of identities (CelebA by default) into `root/raw` and align them into
+    `root/aligned`. `pattern` picks the photos inside an identity folder."""
+    from training.prepare import PrepareOptions, prepare
+
+    if not source.is_dir():
+        pytest.skip(f"face data not found at {source}")
+    folders = sorted(p for p in source.iterdir() if p.is_dir())[offset : offset + identities]
+    raw = root / "raw"
+    for folder in folders:
+        (raw / folder.name).mkdir(parents=True)
+        for photo in sorted(folder.glob(pattern))[:per_identity]:
+            shutil.copy(photo, raw / folder.name / photo.name)
+    aligned = root / "aligned"
+    prepare(PrepareOptions(source=raw, target=aligned, workers=2))
+    return aligned
+
+
+@pytest.fixture(scope="session")
+def small_faces(tmp_path_factory) -> Path:
+    """40 identities, up to 6 aligned faces each."""
+    return prepare_subset(tmp_path_factory.mktemp("small_faces"), 40, 6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,18 +14,29 @@ from training.config import TrainConfig
 from training.data import IMAGE_SUFFIXES, load_rgb, to_tensor
 
 
-def load_backbone(
-    checkpoint: Path, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, TrainConfig]:
-    """The embedding network of a `facemargin train` checkpoint, in eval mode; the head and
-    optimiser state are training devices and are not loaded."""
+def read_checkpoint(checkpoint: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A `facemargin train` checkpoint's payload (format checked)."""
     payload = torch.load(checkpoint, map_location=device, weights_only=False)
-    if payload.get("format") != "facemargin-checkpoint-1":
+    if not isinstance(payload, dict) or payload.get("format") != "facemargin-checkpoint-1":
         raise ValueError(f"{checkpoint} is not a facemargin training checkpoint")
+    return payload
+
+
+def backbone_from_payload(
+    payload: dict[str, Any], device: torch.device | str = "cpu"
+) -> tuple[nn.Module, TrainConfig]:
+    """The embedding network, in eval mode; the head and optimiser state are training
+    devices and are not loaded."""
     config = TrainConfig(**payload["config"])
     backbone = build_backbone(config.backbone, config.embedding_dim, config.dropout)
     backbone.load_state_dict(payload["backbone"])
     return backbone.to(device).eval(), config
+
+
+def load_backbone(
+    checkpoint: Path, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, TrainConfig]:
+    return backbone_from_payload(read_checkpoint(checkpoint, device), device)
 
 
 def resolve_aligned(root: Path, relative: str) -> Path | None:

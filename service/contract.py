@@ -1,0 +1,173 @@
+"""The contract an embedding model carries inside its ONNX file.
+
+`facemargin export` writes it as JSON under one metadata key; the service reads it back through
+onnxruntime and refuses to guess anything the file does not state: input layout and colour
+order, alignment template, embedding size, and the cosine thresholds measured for this exact
+file. Torch-free: the service imports it.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CONTRACT_KEY = "facemargin.contract"
+CONTRACT_FORMAT = "facemargin-model-1"
+INPUT_NAME = "faces"
+EMBEDDING_OUTPUT = "embedding"
+NORM_OUTPUT = "norm"
+# The operating points a contract is calibrated at, strictest last.
+FAR_TARGETS = (1e-2, 1e-3, 1e-4)
+# A FAR is calibrated only when the protocol has enough impostor pairs for this many false
+# accepts at that rate: a threshold set by one or two impostor scores is noise.
+MIN_FALSE_ACCEPTS = 10
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """What the graph's input is: exactly the aligner's output, unscaled."""
+
+    name: str = INPUT_NAME
+    dtype: Literal["uint8"] = "uint8"
+    layout: Literal["NHWC"] = "NHWC"
+    height: int = 112
+    width: int = 112
+    channels: Literal[3] = 3
+    color: Literal["RGB"] = "RGB"
+    normalisation: str = Field(
+        "(x - 127.5) / 127.5, inside the graph",
+        description="Done by the graph itself; callers pass raw aligned pixels.",
+    )
+
+
+class Objective(_Strict):
+    head: str | None
+    head_params: dict[str, float] = Field(default_factory=dict)
+    loss: str | None = None
+    loss_params: dict[str, float | str] = Field(default_factory=dict)
+
+
+class TrainingSummary(_Strict):
+    data: str = Field(description="Training set, as named by whoever trained the model.")
+    identities: int | None = None
+    images: int | None = None
+    epochs: float | None = None
+    steps: int | None = None
+    seed: int | None = None
+    checkpoint_sha256: str | None = None
+
+
+class OperatingPoint(_Strict):
+    far: float = Field(description="Target false-accept rate.")
+    threshold: float = Field(description="Accept a pair when cosine >= threshold.")
+    far_achieved: float | None = Field(None, description="None when the user set it.")
+    tar: float | None = Field(None, description="Genuine pairs accepted; None when not measured.")
+
+
+class Calibration(_Strict):
+    protocol: str
+    description: str
+    n_images: int
+    n_images_without_face: int = Field(
+        description="Images the detector found no face in; their pairs are left out of the "
+        "thresholds and reported here instead, because a threshold cannot fix a missed face."
+    )
+    n_genuine: int
+    n_impostor: int
+    operating_points: list[OperatingPoint]
+    unsupported_fars: list[float] = Field(
+        default_factory=list,
+        description=f"Targets with fewer than {MIN_FALSE_ACCEPTS}/FAR impostor pairs.",
+    )
+    eer: float | None = Field(None, description="Equal error rate; None when not measured.")
+    eer_threshold: float | None = None
+
+
+class Validation(_Strict):
+    """A published protocol run on this exact file (10-fold accuracy, pairs with a missed
+    face counted as errors)."""
+
+    protocol: str
+    n_pairs: int
+    n_missing: int
+    accuracy: float
+    accuracy_std: float
+    tar_at_far_1e3: float | None
+
+
+class Parity(_Strict):
+    reference: str = Field(description="What this file was compared against.")
+    faces: int
+    min_cosine: float
+    max_abs_diff: float
+    batch_sizes: list[int]
+
+
+class AccuracyChange(_Strict):
+    protocol: str
+    accuracy_fp32: float
+    accuracy: float
+    change_pp: float = Field(description="Percentage points, this variant minus fp32.")
+
+
+class Quantization(_Strict):
+    method: str
+    calibration_faces: int
+    faces_compared: int
+    min_cosine_to_fp32: float
+    median_cosine_to_fp32: float
+    accuracy: list[AccuracyChange]
+    tolerance_pp: float = Field(description="Largest accuracy drop accepted, percentage points.")
+
+
+class ModelContract(_Strict):
+    format: Literal["facemargin-model-1"] = CONTRACT_FORMAT
+    model_id: str = Field(description="sha256 of the weights, first 16 hex digits.")
+    parent_model_id: str | None = Field(
+        None, description="For fp16/int8 variants: the fp32 model they were made from."
+    )
+    variant: Literal["fp32", "fp16", "int8"] = "fp32"
+    embedding_dim: int = Field(gt=0)
+    input: InputSpec = InputSpec()
+    outputs: dict[str, str] = Field(
+        default_factory=lambda: {
+            EMBEDDING_OUTPUT: "float32 (N, d), L2-normalised; cosine = dot product",
+            NORM_OUTPUT: "float32 (N,), the embedding's norm before normalisation "
+            "(low for blurred, occluded or non-face crops)",
+        }
+    )
+    alignment_template: str
+    backbone: str
+    parameters: int | None = None
+    macs: int | None = None
+    objective: Objective | None = None
+    training: TrainingSummary | None = None
+    source: str = Field(description="What was exported: checkpoint or foreign ONNX file name.")
+    exported_at: datetime
+    exporter: str
+    calibration: Calibration | None = None
+    validation: list[Validation] = Field(default_factory=list)
+    parity: Parity | None = None
+    quantization: Quantization | None = None
+
+    def threshold_at(self, far: float) -> float | None:
+        """The calibrated threshold for exactly this FAR target, if it was measured."""
+        if self.calibration is None:
+            return None
+        for point in self.calibration.operating_points:
+            if math.isclose(point.far, far, rel_tol=1e-9):
+                return point.threshold
+        return None
+
+
+def parse_contract(metadata: dict[str, str]) -> ModelContract | None:
+    """The contract from an ONNX file's metadata map; None when the file has none (a foreign
+    model: wrap it with `facemargin export wrap` first)."""
+    raw = metadata.get(CONTRACT_KEY)
+    return None if raw is None else ModelContract.model_validate_json(raw)
