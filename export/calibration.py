@@ -51,9 +51,10 @@ def cfp_frontal(cfp_root: Path, aligned_root: Path) -> FaceSet:
 
 def embed_paths(
     embedder: Embedder, root: Path, paths: list[str], batch_size: int = 64, progress: bool = True
-) -> np.ndarray:
-    """Embeddings (N, d) for aligned files; NaN rows where prepare found no face."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N, d) and norms (N,) for aligned files; NaN where prepare found no face."""
     out = np.full((len(paths), embedder.contract.embedding_dim), np.nan, dtype=np.float32)
+    norms = np.full(len(paths), np.nan, dtype=np.float32)
     found = [(i, resolve_aligned(root, p)) for i, p in enumerate(paths)]
     present = [(i, path) for i, path in found if path is not None]
     with tqdm(
@@ -62,9 +63,12 @@ def embed_paths(
         for start in range(0, len(present), batch_size):
             chunk = present[start : start + batch_size]
             faces = np.stack([load_rgb(path) for _, path in chunk])
-            out[[i for i, _ in chunk]] = embedder.embed(faces).vectors
+            result = embedder.embed(faces)
+            rows = [i for i, _ in chunk]
+            out[rows] = result.vectors
+            norms[rows] = result.norms
             bar.update(len(chunk))
-    return out
+    return out, norms
 
 
 def all_pair_scores(
@@ -218,10 +222,14 @@ def measure(embedder: Embedder, data: ValidationData, progress: bool = True) -> 
     for protocol in protocols:
         wanted.update(protocol.images)
     ordered = sorted(wanted)
-    rows = embed_paths(embedder, data.aligned_root, ordered, progress=progress)
+    rows, norms = embed_paths(embedder, data.aligned_root, ordered, progress=progress)
     vectors = dict(zip(ordered, rows, strict=True))
     if faces is not None:
         calibration = calibrate_face_set(vectors, faces)
     else:
         calibration = calibrate_pairs(vectors, protocols[0])
+    found = norms[~np.isnan(norms)]
+    calibration = calibration.model_copy(
+        update={"norm_percentiles": {f"p{q}": float(np.percentile(found, q)) for q in (1, 5, 50)}}
+    )
     return Measurement(calibration, [validate(vectors, p) for p in protocols], vectors)

@@ -86,6 +86,11 @@ class Calibration(_Strict):
         description=f"Targets with fewer than {MIN_FALSE_ACCEPTS}/FAR impostor pairs.",
     )
     eer: float | None = Field(None, description="Equal error rate; None when not measured.")
+    norm_percentiles: dict[str, float] = Field(
+        default_factory=dict,
+        description="Percentiles p1, p5, p50 of the embedding norm over the protocol's faces: "
+        "the scale of the quality signal.",
+    )
     eer_threshold: float | None = None
 
 
@@ -155,6 +160,18 @@ class ModelContract(_Strict):
     validation: list[Validation] = Field(default_factory=list)
     parity: Parity | None = None
     quantization: Quantization | None = None
+
+    def quality(self, norm: float) -> float | None:
+        """The norm relative to the calibration faces' median (1.0 = a typical face)."""
+        median = self.calibration.norm_percentiles.get("p50") if self.calibration else None
+        return norm / median if median else None
+
+    def default_min_quality(self) -> float | None:
+        """The 1st percentile of the calibration faces' quality: poorer faces are refused."""
+        if self.calibration is None:
+            return None
+        low = self.calibration.norm_percentiles.get("p1")
+        return self.quality(low) if low is not None else None
 
     def threshold_at(self, far: float) -> float | None:
         """The calibrated threshold for exactly this FAR target, if it was measured."""

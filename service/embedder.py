@@ -38,7 +38,25 @@ def session_options(threads: int | None) -> ort.SessionOptions:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle intra-op threads spinning for work burn the cores detection needs on a small box.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+def choose_providers(kind: str) -> list[str]:
+    """onnxruntime providers for 'cpu', 'cuda' (required) or 'auto'. Raises when CUDA is
+    required but this onnxruntime build or machine has none: never a silent CPU fallback."""
+    available = ort.get_available_providers()
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if kind == "cuda":
+        raise ModelContractError(
+            "FACEMARGIN_PROVIDER=cuda but onnxruntime offers only "
+            f"{', '.join(available)} (install the gpu extra and run with a GPU)"
+        )
+    return ["CPUExecutionProvider"]
 
 
 class Embedder:
@@ -55,6 +73,10 @@ class Embedder:
             sess_options=session_options(threads),
             providers=providers or ["CPUExecutionProvider"],
         )
+        wanted = providers or ["CPUExecutionProvider"]
+        if wanted[0] != "CPUExecutionProvider" and self.session.get_providers()[0] != wanted[0]:
+            # onnxruntime drops a provider that fails to initialise (no driver, no device).
+            raise ModelContractError(f"{wanted[0]} did not start; refusing to fall back to CPU")
         contract = parse_contract(self.session.get_modelmeta().custom_metadata_map)
         if contract is None:
             raise ModelContractError(

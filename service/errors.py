@@ -13,9 +13,10 @@ class FaceMarginError(Exception):
     code: str = "error"
     http_status: int = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, details: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details or {}
 
 
 class InvalidImage(FaceMarginError):
@@ -28,19 +29,19 @@ class InvalidImage(FaceMarginError):
 class ImageTooLarge(FaceMarginError):
     """The file, or the pixel count declared in its header, is over the configured cap."""
 
-    code = "image_too_large"
+    code = "payload_too_large"
     http_status = 413
 
 
 class UnsupportedImageType(FaceMarginError):
     """The content is an image format we do not accept, or not an image at all."""
 
-    code = "unsupported_image_type"
+    code = "unsupported_media_type"
     http_status = 415
 
 
 class NoFace(FaceMarginError):
-    code = "no_face"
+    code = "face_not_found"
     http_status = 422
 
 
@@ -51,4 +52,59 @@ class MultipleFaces(FaceMarginError):
 
 class FaceTooSmall(FaceMarginError):
     code = "face_too_small"
+    http_status = 422
+
+
+class LowQuality(FaceMarginError):
+    """The face's embedding norm is below the enrolment floor (blurred, occluded, not a face)."""
+
+    code = "low_quality"
+    http_status = 422
+
+
+class SubjectNotFound(FaceMarginError):
+    code = "subject_not_found"
+    http_status = 404
+
+
+class TemplateNotFound(FaceMarginError):
+    code = "template_not_found"
+    http_status = 404
+
+
+class ModelMismatch(FaceMarginError):
+    """The gallery was filled by another model; its templates are meaningless to this one."""
+
+    code = "model_mismatch"
+    http_status = 409
+
+
+class Unauthorized(FaceMarginError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class RateLimited(FaceMarginError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, {"retry_after_s": round(retry_after, 3)})
+        self.retry_after = retry_after
+
+
+class NotReady(FaceMarginError):
+    code = "not_ready"
+    http_status = 503
+
+
+class Overloaded(FaceMarginError):
+    code = "overloaded"
+    http_status = 503
+
+
+class InvalidRequest(FaceMarginError):
+    """A well-formed request with values the API cannot accept."""
+
+    code = "invalid_request"
     http_status = 422

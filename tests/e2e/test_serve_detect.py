@@ -117,8 +117,8 @@ def test_exif_rotated_upload_is_turned_upright(server, photos):
     ("payload", "status", "code"),
     [
         (b"", 400, "invalid_image"),
-        (b"this is not an image, whatever its name says", 415, "unsupported_image_type"),
-        (png_header_only(60_000, 60_000), 413, "image_too_large"),
+        (b"this is not an image, whatever its name says", 415, "unsupported_media_type"),
+        (png_header_only(60_000, 60_000), 413, "payload_too_large"),
     ],
 )
 def test_hostile_uploads_get_the_error_envelope(server, payload, status, code):
@@ -137,7 +137,7 @@ def test_truncated_photo_is_invalid(server, photos):
 def test_oversized_body_is_refused_before_reading(server):
     response = post_image(server, b"\xff" * (MAX_IMAGE_BYTES + 200_000))
     assert response.status_code == 413
-    assert response.json()["error"]["code"] == "image_too_large"
+    assert response.json()["error"]["code"] == "payload_too_large"
 
 
 def test_streamed_body_without_length_is_cut_off_at_the_cap(server):
@@ -157,7 +157,7 @@ def test_streamed_body_without_length_is_cut_off_at_the_cap(server):
         timeout=30,
     )
     assert response.status_code == 413
-    assert response.json()["error"]["code"] == "image_too_large"
+    assert response.json()["error"]["code"] == "payload_too_large"
 
 
 @pytest.mark.parametrize(

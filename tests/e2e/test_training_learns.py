@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.training.conftest import prepare_subset
+from tests.conftest import prepare_subset
 from tests.training.test_trainer import records
 from training.config import TrainConfig
 from training.trainer import Trainer

@@ -58,7 +58,7 @@ def test_prepare_writes_aligned_faces_and_a_report(source, tmp_path):
     records = {r["path"]: r for r in lines(target)}
     assert len(records) == 12
     assert records["odd/person/notes.jpg"]["status"] == "unreadable"
-    assert records["odd/person/notes.jpg"]["reason"].startswith("unsupported_image_type")
+    assert records["odd/person/notes.jpg"]["reason"].startswith("unsupported_media_type")
     assert records["odd/person/blank.png"]["status"] == "no_face"
     assert records["odd/person/two.png"] == {
         "path": "odd/person/two.png",

@@ -1,0 +1,129 @@
+"""Embedding speed: an exported model and its variants (and optionally the PyTorch checkpoint
+it came from), side by side in one run, at several batch sizes.
+
+    python bench/embedder.py models/embedder.onnx [more.onnx ...] [--checkpoint run/checkpoint.pt]
+
+Runs are interleaved (every model once per round, for several rounds) so machine noise hits
+all of them alike; reports the median per-batch latency, faces per second and the ratio to the
+first model, and writes a PNG next to the JSON results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from service.embedder import Embedder
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _faces(n: int, seed: int = 0) -> np.ndarray:
+    # Content does not change the work a CNN does; real faces are not needed for timing.
+    return np.random.default_rng(seed).integers(0, 256, (n, 112, 112, 3), dtype=np.uint8)
+
+
+def _runners(args: argparse.Namespace) -> dict[str, Callable[[np.ndarray], object]]:
+    runners: dict[str, Callable[[np.ndarray], object]] = {}
+    for path in args.models:
+        embedder = Embedder(path, threads=args.threads, batch_size=1 << 20)
+        runners[f"{path.stem} ({embedder.contract.variant}, onnxruntime)"] = embedder.embed
+    if args.checkpoint:
+        import torch
+
+        from training.data import to_tensor
+        from training.embedder import load_backbone
+
+        torch.set_num_threads(args.threads)
+        backbone, _ = load_backbone(args.checkpoint)
+
+        @torch.no_grad()
+        def eager(faces: np.ndarray) -> object:
+            batch = torch.stack([to_tensor(f) for f in faces])
+            return torch.nn.functional.normalize(backbone(batch), dim=1)
+
+        runners[f"{args.checkpoint.parent.name} (PyTorch eager)"] = eager
+    return runners
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", type=Path, nargs="+")
+    parser.add_argument("--checkpoint", type=Path)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--name", default="embedder")
+    args = parser.parse_args()
+
+    runners = _runners(args)
+    results = []
+    for batch_size in args.batch_sizes:
+        faces = _faces(batch_size)
+        for run in runners.values():  # warm-up: first calls allocate and pick kernels
+            run(faces)
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(args.rounds):
+            for name, run in runners.items():
+                start = time.perf_counter()
+                run(faces)
+                times[name].append(time.perf_counter() - start)
+        baseline = statistics.median(next(iter(times.values())))
+        for name, samples in times.items():
+            median = statistics.median(samples)
+            results.append(
+                {
+                    "model": name,
+                    "batch_size": batch_size,
+                    "latency_ms": 1e3 * median,
+                    "faces_per_s": batch_size / median,
+                    "speedup_vs_first": baseline / median,
+                }
+            )
+    print(f"{platform.processor() or platform.machine()}, {args.threads} thread(s), median of {args.rounds}")
+    print(f"{'model':<48} {'batch':>5} {'ms/batch':>10} {'faces/s':>9} {'vs first':>9}")
+    for row in results:
+        print(
+            f"{row['model']:<48} {row['batch_size']:>5} {row['latency_ms']:>10.2f} "
+            f"{row['faces_per_s']:>9.1f} {row['speedup_vs_first']:>8.2f}x"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{args.name}.json"
+    out.write_text(json.dumps({"threads": args.threads, "results": results}, indent=2) + "\n")
+    _plot(results, RESULTS / f"{args.name}.png", args.threads)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+def _plot(results: list[dict], path: Path, threads: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in results))
+    sizes = sorted({r["batch_size"] for r in results})
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(models)
+    for i, model in enumerate(models):
+        values = [
+            next(r["faces_per_s"] for r in results if r["model"] == model and r["batch_size"] == b)
+            for b in sizes
+        ]
+        ax.bar(np.arange(len(sizes)) + i * width, values, width, label=model)
+    ax.set_xticks(np.arange(len(sizes)) + width * (len(models) - 1) / 2, [f"batch {b}" for b in sizes])
+    ax.set_ylabel("faces per second")
+    ax.set_title(f"Embedding throughput, {threads} CPU thread(s)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
