@@ -87,7 +87,9 @@ def main() -> None:
                     "speedup_vs_first": baseline / median,
                 }
             )
-    print(f"{platform.processor() or platform.machine()}, {args.threads} thread(s), median of {args.rounds}")
+    print(
+        f"{platform.processor() or platform.machine()}, {args.threads} thread(s), median of {args.rounds}"
+    )
     print(f"{'model':<48} {'batch':>5} {'ms/batch':>10} {'faces/s':>9} {'vs first':>9}")
     for row in results:
         print(
@@ -117,7 +119,9 @@ def _plot(results: list[dict], path: Path, threads: int) -> None:
             for b in sizes
         ]
         ax.bar(np.arange(len(sizes)) + i * width, values, width, label=model)
-    ax.set_xticks(np.arange(len(sizes)) + width * (len(models) - 1) / 2, [f"batch {b}" for b in sizes])
+    ax.set_xticks(
+        np.arange(len(sizes)) + width * (len(models) - 1) / 2, [f"batch {b}" for b in sizes]
+    )
     ax.set_ylabel("faces per second")
     ax.set_title(f"Embedding throughput, {threads} CPU thread(s)")
     ax.legend(fontsize=8)
