@@ -2,33 +2,92 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.detection import Detector
-from service.errors import FaceMarginError, ImageTooLarge
-from service.imaging import decode_image
-from service.preprocess import build_detector
-from service.schemas import Box, DetectedFace, DetectResponse, ErrorResponse, Health, ImageInfo
+from service.errors import FaceMarginError, ImageTooLarge, RateLimited
+from service.routes import faces, gallery, operations
+from service.routes.operations import package_version
+from service.runtime import start_runtime, stop_runtime
+from service.schemas import ErrorResponse
 from service.settings import Settings, get_settings
 
-# Multipart framing (boundaries, headers) on top of the image itself.
-_MULTIPART_OVERHEAD = 64 * 1024
+log = logging.getLogger("facemargin")
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ERROR_RESPONSES = {
+    status: {"model": ErrorResponse}
+    for status in (400, 401, 404, 409, 413, 415, 422, 429, 500, 503)
+}
 
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
-ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 500, 503)}
+def _request_id(scope: Scope) -> str | None:
+    return scope.get("state", {}).get("request_id")
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+def error_response(
+    scope: Scope, status: int, code: str, message: str, details: dict | None = None
+) -> JSONResponse:
+    request_id = _request_id(scope)
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    return JSONResponse(
+        status_code=status, content=body | {"request_id": request_id}, headers=headers
+    )
+
+
+class RequestContext:
+    """Outermost layer: a request id (the client's X-Request-ID when sane, else a fresh one)
+    on the scope and the response, and per-route counts and latency for /metrics."""
+
+    def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"x-request-id"]
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            runtime = getattr(self.fastapi_app.state, "runtime", None)
+            if runtime is not None:
+                route = scope.get("route")
+                name = getattr(route, "path", "unmatched")
+                runtime.metrics.requests.labels(name, scope["method"], str(status)).inc()
+                runtime.metrics.latency.labels(name).observe(time.perf_counter() - start)
 
 
 class BodySizeLimit:
@@ -43,7 +102,15 @@ class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.refusal = _error(413, ImageTooLarge.code, f"request body is over {max_bytes} bytes")
+
+    def refusal(self, scope: Scope) -> JSONResponse:
+        return error_response(
+            scope,
+            413,
+            ImageTooLarge.code,
+            f"request body is over {self.max_bytes} bytes",
+            {"max_bytes": self.max_bytes},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,11 +118,12 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self.refusal(scope, receive, send)
+            await self.refusal(scope)(scope, receive, send)
             return
         received = 0
         tripped = False
         started = False
+        refusal = self.refusal(scope)
 
         async def counted() -> Message:
             nonlocal received, tripped
@@ -73,18 +141,16 @@ class BodySizeLimit:
                 await send(message)
             elif message["type"] == "http.response.start":
                 started = True
-                await send(
-                    {"type": message["type"], "status": 413, "headers": self.refusal.raw_headers}
-                )
+                await send({"type": message["type"], "status": 413, "headers": refusal.raw_headers})
             elif message["type"] == "http.response.body" and not message.get("more_body"):
-                await send({"type": message["type"], "body": self.refusal.body})
+                await send({"type": message["type"], "body": refusal.body})
 
         try:
             await self.app(scope, counted, guarded)
         except ImageTooLarge:
             if started:
                 raise
-            await self.refusal(scope, receive, send)
+            await refusal(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -93,80 +159,63 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.detector = build_detector(settings)
-        yield
+        app.state.runtime = await start_runtime(settings)
+        try:
+            yield
+        finally:
+            await stop_runtime(app.state.runtime)
 
     app = FastAPI(
         title="facemargin",
         summary="Face verification and open-set identification with calibrated thresholds.",
-        version="0.1.0",
+        description="Faces are detected (MTCNN), aligned to the ArcFace template and embedded "
+        "by the model in /info. Thresholds come from the model's own calibration at a named "
+        "false-accept rate. Every error is one JSON envelope: "
+        '`{"error": {"code", "message", "details"}, "request_id"}`.',
+        version=package_version(),
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
     )
 
     @app.exception_handler(FaceMarginError)
-    async def expected_error(_: Request, error: FaceMarginError) -> JSONResponse:
-        return _error(error.http_status, error.code, error.message)
+    async def expected_error(request: Request, error: FaceMarginError) -> JSONResponse:
+        response = error_response(
+            request.scope, error.http_status, error.code, error.message, error.details
+        )
+        if isinstance(error, RateLimited):
+            response.headers["Retry-After"] = str(max(1, round(error.retry_after + 0.5)))
+        return response
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
-        return _error(
-            error.status_code, _HTTP_CODES.get(error.status_code, "http_error"), str(error.detail)
-        )
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(error.status_code, "http_error")
+        return error_response(request.scope, error.status_code, code, str(error.detail))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
-        where = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )
-        return _error(422, "invalid_request", where)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]}
+            for e in error.errors()
+        ]
+        message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
+        return error_response(request.scope, 422, "invalid_request", message, {"errors": problems})
 
     @app.exception_handler(Exception)
-    async def unexpected_error(_: Request, error: Exception) -> JSONResponse:
-        # Never a traceback to the client; the server log keeps it.
-        return _error(500, "internal_error", "the server failed to handle this request")
-
-    @app.get("/health", response_model=Health, tags=["operations"])
-    def health() -> Health:
-        """The process is alive."""
-        return Health(status="ok")
-
-    @app.post("/detect", response_model=DetectResponse, tags=["faces"])
-    def detect(
-        image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP photo.")],
-        detector: Annotated[Detector, Depends(get_detector)],
-    ) -> DetectResponse:
-        """Every face in the photo with its box, five landmarks and detector score."""
-        decoded = decode_image(
-            image.file.read(settings.max_image_bytes + 1),
-            max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels,
-        )
-        faces = detector.detect(decoded.pixels)
-        height, width = decoded.pixels.shape[:2]
-        return DetectResponse(
-            image=ImageInfo(
-                width=width,
-                height=height,
-                format=decoded.format,
-                exif_orientation=decoded.orientation,
-            ),
-            faces=[
-                DetectedFace(
-                    box=Box(**dict(zip(("x1", "y1", "x2", "y2"), map(float, f.box), strict=True))),
-                    score=min(max(f.score, 0.0), 1.0),
-                    landmarks=[(float(x), float(y)) for x, y in f.landmarks],
-                )
-                for f in faces
-            ],
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        # Never a traceback to the client; the log keeps it, with the request id.
+        log.exception("request %s failed", _request_id(request.scope))
+        return error_response(
+            request.scope, 500, "internal_error", "the server failed to handle this request"
         )
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_image_bytes + _MULTIPART_OVERHEAD)
+    app.include_router(operations.router)
+    app.include_router(faces.router)
+    app.include_router(gallery.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, fastapi_app=app)
     return app
 
 
-def get_detector(request: Request) -> Detector:
-    return request.app.state.detector
-
-
+# For other ASGI servers (`gunicorn -k uvicorn.workers.UvicornWorker service.app:app`):
+# building the app is cheap; models load in its lifespan.
 app = create_app()

@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve_command(commands)
+    add_hash_key_command(commands)
     add_training_commands(commands)
     add_export_commands(commands)
     return parser
@@ -38,6 +39,31 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     serve.add_argument("--log-level", default="info", help="uvicorn log level")
     serve.set_defaults(run=_run_serve)
+
+
+def add_hash_key_command(commands: argparse._SubParsersAction) -> None:
+    hash_key = commands.add_parser(
+        "hash-key",
+        help="make an API key and its FACEMARGIN_API_KEYS entry",
+        description="Print a new random API key (give it to the client) and the NAME:SHA256 "
+        "entry for FACEMARGIN_API_KEYS (give that to the server). With --key, hash an "
+        "existing key instead.",
+    )
+    hash_key.add_argument("name", help="a label for the key, shown in logs and metrics")
+    hash_key.add_argument("--key", help="an existing key to hash")
+    hash_key.set_defaults(run=_run_hash_key)
+
+
+def _run_hash_key(args: argparse.Namespace) -> int:
+    import secrets
+
+    from service.security import hash_key
+
+    key = args.key or secrets.token_urlsafe(32)
+    if not args.key:
+        print(f"key:   {key}")
+    print(f"entry: {args.name}:{hash_key(key)}")
+    return 0
 
 
 def _run_serve(args: argparse.Namespace) -> int:

@@ -62,23 +62,6 @@ class LowQuality(FaceMarginError):
     http_status = 422
 
 
-class SubjectNotFound(FaceMarginError):
-    code = "subject_not_found"
-    http_status = 404
-
-
-class TemplateNotFound(FaceMarginError):
-    code = "template_not_found"
-    http_status = 404
-
-
-class ModelMismatch(FaceMarginError):
-    """The gallery was filled by another model; its templates are meaningless to this one."""
-
-    code = "model_mismatch"
-    http_status = 409
-
-
 class Unauthorized(FaceMarginError):
     code = "unauthorized"
     http_status = 401

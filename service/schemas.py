@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any, Literal
+
 from pydantic import BaseModel, Field
+
+SUBJECT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="Stable, machine-readable error code.", examples=["no_face"])
+    code: str = Field(
+        description="Stable, machine-readable error code.", examples=["face_not_found"]
+    )
     message: str = Field(description="What went wrong, for people.")
+    details: dict[str, Any] = Field(default_factory=dict, description="Structured context.")
 
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+    request_id: str | None = Field(None, description="Also in the X-Request-ID header.")
 
 
 class Health(BaseModel):
     status: str = Field(examples=["ok"])
+
+
+class ReadyCheck(BaseModel):
+    ok: bool
+    detail: str = ""
+
+
+class Ready(BaseModel):
+    ready: bool
+    checks: dict[str, ReadyCheck]
 
 
 class Box(BaseModel):
@@ -45,3 +64,138 @@ class ImageInfo(BaseModel):
 class DetectResponse(BaseModel):
     image: ImageInfo
     faces: list[DetectedFace] = Field(description="Every face found, best score first.")
+
+
+class UsedFace(DetectedFace):
+    """A face the request used, with the embedding's quality signal."""
+
+    quality: float | None = Field(
+        description="Embedding norm relative to the calibration faces' median (1.0 = typical; "
+        "low for blur, occlusion, non-faces). None when the model carries no norm statistics."
+    )
+    faces_in_image: int = Field(description="Faces the detector found in this image.")
+
+
+class OperatingPoint(BaseModel):
+    threshold: float = Field(description="Cosine similarity at or above which faces match.")
+    source: Literal["calibrated", "explicit"]
+    far: float | None = Field(None, description="Target false-accept rate, when calibrated.")
+    protocol: str | None = Field(None, description="Where the threshold was measured.")
+
+
+class VerifyResponse(BaseModel):
+    similarity: float = Field(ge=-1.0, le=1.0, description="Cosine similarity of the faces.")
+    match: bool
+    threshold: OperatingPoint
+    faces: list[UsedFace] = Field(min_length=2, max_length=2)
+    model_id: str
+
+
+class EnrolledTemplate(BaseModel):
+    index: int = Field(description="Position of the image in the request.")
+    filename: str | None
+    template_id: int
+    quality: float | None
+    face: DetectedFace
+
+
+class RejectedImage(BaseModel):
+    index: int
+    filename: str | None
+    code: str = Field(examples=["multiple_faces"])
+    message: str
+
+
+class EnrollResponse(BaseModel):
+    subject_id: str
+    enrolled: list[EnrolledTemplate]
+    rejected: list[RejectedImage]
+    template_count: int = Field(description="The subject's templates after this request.")
+    model_id: str
+
+
+class Candidate(BaseModel):
+    subject_id: str
+    similarity: float
+    display_name: str | None = None
+
+
+class IdentifiedFace(BaseModel):
+    face: UsedFace
+    candidates: list[Candidate] = Field(description="Best first, at most top_k.")
+    decision: Literal["match", "unknown"]
+    subject_id: str | None = Field(
+        description="The matched subject, or null when nobody reaches the threshold."
+    )
+
+
+class IdentifyResponse(BaseModel):
+    faces: list[IdentifiedFace]
+    threshold: OperatingPoint
+    score_rule: Literal["best", "mean"]
+    model_id: str
+
+
+class EmbeddedFace(BaseModel):
+    face: UsedFace
+    embedding: list[float] = Field(description="L2-normalised; cosine = dot product.")
+    norm: float
+
+
+class EmbedResponse(BaseModel):
+    faces: list[EmbeddedFace]
+    model_id: str
+    embedding_dim: int
+
+
+class TemplateInfo(BaseModel):
+    template_id: int
+    model_id: str
+    quality: float | None
+    image_sha256: str | None
+    created_at: datetime
+
+
+class SubjectInfo(BaseModel):
+    subject_id: str
+    display_name: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    template_count: int
+
+
+class SubjectDetail(SubjectInfo):
+    templates: list[TemplateInfo]
+
+
+class SubjectPage(BaseModel):
+    subjects: list[SubjectInfo]
+    total: int
+    limit: int
+    offset: int
+
+
+class Deleted(BaseModel):
+    subject_id: str
+    templates_removed: int
+
+
+class GalleryStats(BaseModel):
+    subjects: int
+    templates: int
+    last_change: int
+    index_kind: str
+    index_on_gpu: bool
+
+
+class Info(BaseModel):
+    version: str
+    model: dict[str, Any] = Field(description="The model's contract, as in its ONNX file.")
+    providers: list[str]
+    detector: str
+    gallery: GalleryStats | None
+    gallery_error: str | None
+    default_far: float
+    score_rule: str
+    auth: bool
+    rate_limit_per_minute: int

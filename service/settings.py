@@ -27,11 +27,32 @@ class DetectorKind(StrEnum):
     scrfd = "scrfd"
 
 
+class IndexKind(StrEnum):
+    exact = "exact"
+    hnsw = "hnsw"
+
+
+class Provider(StrEnum):
+    cpu = "cpu"
+    cuda = "cuda"  # required: the service refuses to start without a usable GPU
+    auto = "auto"  # CUDA when onnxruntime-gpu sees a GPU, CPU otherwise; /info says which
+
+
+class ScoreRule(StrEnum):
+    best = "best"
+    mean = "mean"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEMARGIN_", extra="ignore")
 
     max_image_bytes: int = Field(
         default=20 * 1024 * 1024, gt=0, description="Largest encoded image accepted, in bytes."
+    )
+    max_body_bytes: int = Field(
+        default=50 * 1024 * 1024,
+        gt=0,
+        description="Largest request body, enforced while it streams in.",
     )
     max_image_pixels: int = Field(
         default=40_000_000,
@@ -52,6 +73,83 @@ class Settings(BaseSettings):
     onnx_threads: int = Field(
         default=0, ge=0, description="Intra-op threads per ONNX Runtime session; 0 lets it choose."
     )
+    min_face_px: int = Field(
+        default=32,
+        ge=1,
+        description="Smallest face (short side of its box, px) verify/enroll/identify will use.",
+    )
+    model_path: Path = Field(
+        default=MODELS_DIR / "embedder.onnx",
+        description="Embedding model: an ONNX file with a facemargin contract.",
+    )
+    provider: Provider = Field(default=Provider.cpu, description="cpu, cuda (required) or auto.")
+    data_dir: Path = Field(
+        default=Path("data"), description="Where the default SQLite gallery lives."
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the gallery store; default sqlite:///DATA_DIR/gallery.db. "
+        "postgresql+psycopg://user:password@host/db for several replicas.",
+    )
+    index_kind: IndexKind = Field(
+        default=IndexKind.exact,
+        description="exact (inner product, any size up to ~10^6) or hnsw (approximate).",
+    )
+    sync_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often a replica applies the other replicas' writes (staleness bound).",
+    )
+    default_far: float = Field(
+        default=1e-3, gt=0, lt=1, description="Operating point used when a request names none."
+    )
+    score_rule: ScoreRule = Field(
+        default=ScoreRule.best,
+        description="A subject's score over its templates: best template, or mean template.",
+    )
+    min_enroll_quality: float | None = Field(
+        default=None,
+        ge=0,
+        description="Refuse enrolment faces whose embedding norm, relative to the calibration "
+        "faces' median norm, is below this; default: the model's 1st percentile.",
+    )
+    check_enroll_conflicts: bool = Field(
+        default=False,
+        description="Refuse an enrolment face that is closer to another subject than to its own.",
+    )
+    batch_max_size: int = Field(default=32, ge=1, description="Faces per embedder batch.")
+    batch_max_wait_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="Longest a face waits for others to share its batch.",
+    )
+    max_in_flight: int = Field(
+        default=32,
+        ge=1,
+        description="Requests doing work at once; more are refused with 503 at once.",
+    )
+    faiss_threads: int = Field(
+        default=1,
+        ge=1,
+        description="OpenMP threads per FAISS search; requests already run in parallel, and "
+        "on a busy small box a second thread mostly waits (3x slower searches measured).",
+    )
+    workers_threads: int = Field(default=4, ge=1, description="Threads for decoding and detection.")
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated NAME:SHA256 pairs (hex digest of the key); empty: no auth.",
+    )
+    rate_limit_per_minute: int = Field(
+        default=0, ge=0, description="Requests per minute per API key; 0: no limit."
+    )
+    max_top_k: int = Field(default=100, ge=1, description="Largest top_k an identify may ask.")
+    max_images_per_enroll: int = Field(default=20, ge=1)
+
+    @property
+    def gallery_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'gallery.db').resolve()}"
 
 
 @lru_cache

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -80,3 +83,21 @@ def prepare_subset(
 def small_faces(tmp_path_factory) -> Path:
     """40 identities, up to 6 aligned faces each."""
     return prepare_subset(tmp_path_factory.mktemp("small_faces"), 40, 6)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory) -> Iterator[str]:
+    """A real PostgreSQL database: FACEMARGIN_TEST_DATABASE_URL when set (`.ci/run` starts a
+    server and sets it), else a throwaway server for this session."""
+    from tests import postgres_server
+
+    if os.environ.get("FACEMARGIN_TEST_DATABASE_URL"):
+        yield os.environ["FACEMARGIN_TEST_DATABASE_URL"]
+        return
+    if postgres_server.server_binaries() is None:
+        pytest.skip("no PostgreSQL server binaries; install the postgresql package")
+    root = Path(tempfile.mkdtemp(prefix="facemargin-pg-"))
+    try:
+        yield postgres_server.start(root)
+    finally:
+        postgres_server.stop(root)

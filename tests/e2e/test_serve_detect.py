@@ -4,12 +4,7 @@ error envelope for hostile input, with the server still serving afterwards."""
 from __future__ import annotations
 
 import io
-import os
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from collections.abc import Iterator
 
@@ -17,53 +12,20 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.e2e.conftest import gallery_env, running
 
 MAX_IMAGE_BYTES = 300_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    port = free_port()
-    env = os.environ | {"FACEMARGIN_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("server did not become healthy in 60 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
+def server(tmp_path_factory) -> Iterator[str]:
+    env = gallery_env(tmp_path_factory.mktemp("data"))
+    limits = {
+        "FACEMARGIN_MAX_IMAGE_BYTES": str(MAX_IMAGE_BYTES),
+        "FACEMARGIN_MAX_BODY_BYTES": "500000",
+    }
+    with running(env | limits) as process:
+        yield process.url
 
 
 def post_image(url: str, data: bytes, name: str = "photo.jpg") -> httpx.Response:

@@ -1,0 +1,105 @@
+"""Gather faces from concurrent requests into embedder batches.
+
+A request's faces wait at most `max_wait_s` for company, and a batch never exceeds
+`max_size`, so a lone request is delayed by no more than the wait bound while a loaded
+server (a GPU above all) runs full batches. One worker runs the model, in a thread, so the
+event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.embedder import Embedder, Embeddings
+
+
+@dataclass
+class _Job:
+    faces: np.ndarray
+    done: asyncio.Future[Embeddings] = field(repr=False)
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        embedder: Embedder,
+        max_size: int,
+        max_wait_s: float,
+        observe: Callable[[int, float], None] = lambda size, seconds: None,
+    ) -> None:
+        self.embedder = embedder
+        self.max_size = max_size
+        self.max_wait_s = max_wait_s
+        self.observe = observe  # (batch size, seconds) for metrics
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+
+    async def embed(self, faces: np.ndarray) -> Embeddings:
+        if len(faces) == 0:
+            return self.embedder.embed(faces)
+        job = _Job(faces, asyncio.get_running_loop().create_future())
+        await self._queue.put(job)
+        return await job.done
+
+    async def _gather(self) -> list[_Job]:
+        jobs = [await self._queue.get()]
+        size = len(jobs[0].faces)
+        deadline = time.monotonic() + self.max_wait_s
+        while size < self.max_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and self._queue.empty():
+                break
+            try:
+                job = (
+                    self._queue.get_nowait()
+                    if remaining <= 0
+                    else await asyncio.wait_for(self._queue.get(), remaining)
+                )
+            except (TimeoutError, asyncio.QueueEmpty):
+                break
+            jobs.append(job)
+            size += len(job.faces)
+        return jobs
+
+    async def _run(self) -> None:
+        while True:
+            jobs = await self._gather()
+            live = [job for job in jobs if not job.done.cancelled()]
+            if not live:
+                continue
+            faces = np.concatenate([job.faces for job in live])
+            start = time.perf_counter()
+            try:
+                result = await asyncio.to_thread(self.embedder.embed, faces)
+            except Exception as error:  # hand the failure to every waiting request
+                for job in live:
+                    if not job.done.done():
+                        job.done.set_exception(error)
+                continue
+            self.observe(len(faces), time.perf_counter() - start)
+            offset = 0
+            for job in live:
+                n = len(job.faces)
+                if not job.done.done():
+                    job.done.set_result(
+                        Embeddings(
+                            result.vectors[offset : offset + n], result.norms[offset : offset + n]
+                        )
+                    )
+                offset += n

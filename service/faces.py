@@ -1,0 +1,83 @@
+"""From uploaded bytes to aligned faces, with the refusals a face API owes its callers.
+
+Runs in worker threads (decoding and detection are CPU work that must stay off the event
+loop); embedding happens later, batched across requests, in `service.batching`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from service.detection import Detector, Face, FacePolicy
+from service.errors import FaceTooSmall, MultipleFaces, NoFace
+from service.imaging import DecodedImage, decode_image
+from service.preprocess import AlignedFace, detect_and_align
+
+
+class Policy(StrEnum):
+    """Which face(s) of a photo a request uses."""
+
+    largest = "largest"
+    central = "central"
+    single = "single"  # exactly one face, else 422 multiple_faces
+    all = "all"
+
+
+@dataclass(frozen=True)
+class PhotoFaces:
+    image: DecodedImage
+    faces: list[AlignedFace]
+    detected: int
+    sha256: str
+
+
+def _detection_policy(policy: Policy) -> FacePolicy:
+    if policy is Policy.central:
+        return FacePolicy.central
+    return FacePolicy.all if policy in (Policy.all, Policy.single) else FacePolicy.largest
+
+
+def short_side(face: Face) -> float:
+    x1, y1, x2, y2 = face.box
+    return float(min(x2 - x1, y2 - y1))
+
+
+def read_faces(
+    data: bytes,
+    detector: Detector,
+    policy: Policy,
+    max_bytes: int,
+    max_pixels: int,
+    min_face_px: int,
+    what: str = "image",
+) -> PhotoFaces:
+    """Decode, detect and align; raise the typed error a client can act on. `what` names the
+    field in messages (a verify request has two images)."""
+    image = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    aligned, detected = detect_and_align(image.pixels, detector, _detection_policy(policy))
+    if not aligned:
+        raise NoFace(f"{what}: no face found", {"field": what})
+    if policy is Policy.single and len(aligned) > 1:
+        raise MultipleFaces(
+            f"{what}: {len(aligned)} faces found, exactly one expected "
+            "(or choose face_policy=largest)",
+            {"field": what, "faces": len(aligned)},
+        )
+    if policy is Policy.single:
+        aligned = aligned[:1]
+    large = [a for a in aligned if short_side(a.face) >= min_face_px]
+    if not large:
+        side = max(short_side(a.face) for a in aligned)
+        raise FaceTooSmall(
+            f"{what}: the face is {side:.0f} px across, under the {min_face_px} px minimum",
+            {"field": what, "face_px": round(side, 1), "min_face_px": min_face_px},
+        )
+    return PhotoFaces(image, large, detected, hashlib.sha256(data).hexdigest())
+
+
+def stack(faces: list[AlignedFace]) -> np.ndarray:
+    return np.stack([f.pixels for f in faces]) if faces else np.zeros((0, 112, 112, 3), np.uint8)

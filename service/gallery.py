@@ -1,0 +1,496 @@
+"""The gallery: enrolled subjects in the store of record, searchable through a FAISS index.
+
+`Gallery` is all the HTTP layer uses. The store (SQL) is the truth; the index is a cache of it
+in memory, rebuilt from the store on open and kept current by:
+
+* this replica's own writes: the store commits first, then the index applies the change, so
+  the index never holds a template the store lacks (a crash in between loses nothing: the
+  next open rebuilds from the store);
+* other replicas' writes: `catch_up()` replays the store's change log from the last seq this
+  replica applied (`start_sync` runs it on a timer; staleness is bounded by the interval).
+
+Applying a change is idempotent (adding a template already indexed, or removing one that is
+not, does nothing), so replaying a replica's own writes from the log is harmless.
+
+Locks: writers (enroll, deletes, catch-up) take turns on one mutex, so the store and the index
+change in the same order. Searches share a readers-writer lock with the step that changes the
+index: that step waits for searches in flight and holds new ones back. A delete therefore
+returns only after every search that could still see the subject has finished, and every
+search that starts after it returns sees it gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from service.index import IndexKind, VectorIndex
+from service.rwlock import ReadWriteLock
+from service.store import (
+    ChangeKind,
+    GalleryError,
+    ModelMismatch,
+    NewTemplate,
+    Store,
+    SubjectDetail,
+    SubjectNotFound,
+    SubjectPage,
+    TemplateNotFound,
+    WriteResult,
+)
+
+__all__ = [
+    "Candidate",
+    "Gallery",
+    "GalleryError",
+    "GalleryStats",
+    "MatchRule",
+    "ModelMismatch",
+    "NewTemplate",
+    "SubjectNotFound",
+    "TemplateNotFound",
+]
+
+log = logging.getLogger(__name__)
+
+# Changes replayed per store round trip by catch_up.
+CATCH_UP_BATCH = 10_000
+# Templates streamed from the store per chunk when the index is rebuilt on open.
+LOAD_CHUNK = 10_000
+# First guess at how many templates to fetch per subject wanted; doubled while short.
+TEMPLATES_PER_SUBJECT_GUESS = 4
+
+
+class MatchRule(StrEnum):
+    best = "best"
+    mean = "mean"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    subject_id: str
+    similarity: float  # cosine
+    template_id: int | None  # the best-matching template; None under the mean rule
+
+
+@dataclass(frozen=True)
+class GalleryStats:
+    subjects: int  # in the store, with or without templates
+    templates: int  # in the store
+    indexed_templates: int  # in this replica's index
+    last_seq: int  # the last change this replica applied
+    store_seq: int  # the last change in the store
+    index_kind: str
+    gpu: bool
+    model_id: str
+    embedding_dim: int
+
+
+class Gallery:
+    """Subjects and their face templates, searchable by cosine similarity. Thread-safe."""
+
+    def __init__(self, store: Store, index_kind: IndexKind | str, use_gpu: bool) -> None:
+        """Use `Gallery.open`; this starts with an empty index."""
+        self._store = store
+        self._templates = VectorIndex(store.embedding_dim, index_kind, use_gpu)
+        # Each subject's normalised mean template, under the subject's code.
+        self._means = VectorIndex(store.embedding_dim, index_kind, use_gpu)
+        # Subjects get small integer codes: template id -> code is then one int32 array.
+        self._owner = np.full(1024, -1, dtype=np.int32)
+        self._codes: dict[str, int] = {}
+        self._subject_ids: list[str] = []
+        self._free_codes: list[int] = []
+        self._members: dict[int, set[int]] = {}
+        self._last_seq = 0
+        self._searching = ReadWriteLock()
+        self._writing = threading.Lock()
+        self._sync_thread: threading.Thread | None = None
+        self._sync_stop = threading.Event()
+
+    @classmethod
+    def open(
+        cls,
+        database_url: str,
+        model_id: str,
+        embedding_dim: int,
+        index_kind: IndexKind | str = IndexKind.exact,
+        use_gpu: bool = False,
+    ) -> Gallery:
+        """Open (creating or migrating) the store, bind it to `model_id` and rebuild the index.
+
+        Raises ModelMismatch when the store holds embeddings of another model."""
+        store = Store.open(database_url, model_id, embedding_dim)
+        try:
+            gallery = cls(store, index_kind, use_gpu)
+            gallery._load()
+        except BaseException:
+            store.close()
+            raise
+        return gallery
+
+    def close(self) -> None:
+        self.stop_sync()
+        self._store.close()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def model_id(self) -> str:
+        return self._store.model_id
+
+    @property
+    def embedding_dim(self) -> int:
+        return self._store.embedding_dim
+
+    @property
+    def last_seq(self) -> int:
+        """The change seq up to which this replica's index reflects the store."""
+        return self._last_seq
+
+    # Writes
+
+    def enroll(
+        self,
+        subject_id: str,
+        templates: Sequence[NewTemplate],
+        display_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[int]:
+        """Add templates to a subject (created if new; a display name or metadata given replaces
+        the stored one). Embeddings are L2-normalised before they are stored. Returns the new
+        template ids, once the store has committed them and the index holds them."""
+        if not templates:
+            raise ValueError("enroll needs at least one template")
+        vectors = self._unit_rows(np.stack([t.embedding for t in templates]), "embeddings")
+        normalised = [replace(t, embedding=v) for t, v in zip(templates, vectors, strict=True)]
+        with self._writing:
+            result = self._store.add_templates(subject_id, normalised, display_name, metadata)
+            ids = np.array(result.template_ids, dtype=np.int64)
+            self._apply_own(result, lambda: self._add(ids, [subject_id] * len(ids), vectors))
+        return list(result.template_ids)
+
+    def delete_subject(self, subject_id: str) -> int:
+        """Delete a subject and its templates; returns how many templates went. Once this
+        returns, no search on this replica returns the subject. Raises SubjectNotFound."""
+        with self._writing:
+            result = self._store.delete_subject(subject_id)
+            self._apply_own(result, lambda: self._remove(result.template_ids))
+        return len(result.template_ids)
+
+    def delete_template(self, subject_id: str, template_id: int) -> None:
+        """Delete one template (the subject stays, even with none left).
+
+        Raises SubjectNotFound, or TemplateNotFound if the subject has no such template."""
+        with self._writing:
+            result = self._store.delete_template(subject_id, template_id)
+            self._apply_own(result, lambda: self._remove(result.template_ids))
+
+    def _apply_own(self, result: WriteResult, apply: Callable[[], set[int]]) -> None:
+        """Bring the index up to this replica's write just committed."""
+        if result.previous_seq != self._last_seq:
+            # Other replicas wrote since our last catch-up: replay the log in order, ours too.
+            self._catch_up_locked()
+            return
+        with self._searching.write():
+            self._refresh_means(apply())
+        self._last_seq = result.seq
+
+    # Replication
+
+    def catch_up(self) -> int:
+        """Apply the changes other replicas committed since the last one applied here.
+
+        Returns how many change-log entries were applied (one per template touched)."""
+        with self._writing:
+            return self._catch_up_locked()
+
+    def _catch_up_locked(self) -> int:
+        applied = 0
+        while changes := self._store.changes_since(self._last_seq, CATCH_UP_BATCH):
+            enrolled = [c.template_id for c in changes if c.kind is ChangeKind.enroll]
+            removed = [
+                c.template_id
+                for c in changes
+                if c.kind is not ChangeKind.enroll and c.template_id is not None
+            ]
+            # Read after the changes: an enrolled template deleted since is simply absent, and
+            # its deletion is in this batch or the next one.
+            added = self._store.templates_by_ids([i for i in enrolled if i is not None])
+            with self._searching.write():
+                touched = self._remove(removed)
+                touched |= self._add(added.ids, added.subject_ids, added.vectors)
+                self._refresh_means(touched)
+            self._last_seq = changes[-1].seq
+            applied += len(changes)
+        return applied
+
+    def start_sync(self, interval_s: float) -> None:
+        """Run `catch_up` every `interval_s` seconds in a daemon thread until `stop_sync`."""
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, not {interval_s}")
+        if self._sync_thread is not None:
+            raise RuntimeError("this gallery is already syncing")
+        self._sync_stop.clear()
+
+        def poll() -> None:
+            while not self._sync_stop.wait(interval_s):
+                try:
+                    self.catch_up()
+                except Exception:
+                    # A database outage must not end replication: retry on the next tick.
+                    log.exception("gallery catch-up failed; retrying in %s s", interval_s)
+
+        self._sync_thread = threading.Thread(target=poll, name="gallery-sync", daemon=True)
+        self._sync_thread.start()
+
+    def stop_sync(self) -> None:
+        if self._sync_thread is None:
+            return
+        self._sync_stop.set()
+        self._sync_thread.join()
+        self._sync_thread = None
+
+    def in_sync(self) -> bool:
+        """Whether this replica has applied the store's last change and indexes as many
+        templates as the store holds (counts, not the id sets: cheap enough for a health check)."""
+        with self._writing:
+            counts = self._store.counts()
+            return counts.seq == self._last_seq and counts.templates == len(self._templates)
+
+    # Reads
+
+    def identify(
+        self, queries: np.ndarray, top_k: int = 5, rule: MatchRule | str = MatchRule.best
+    ) -> list[list[Candidate]]:
+        """The `top_k` most similar subjects to each query embedding (n, d), best first.
+
+        Ranking is per subject, never per template, under one of two rules:
+
+        * `best` (default): a subject scores the cosine of its most similar template, which is
+          reported as `template_id`. Robust when a subject's templates vary (pose, age).
+        * `mean`: a subject scores the cosine to the L2-normalised mean of its templates.
+          Averages out noise of single templates; `template_id` is None.
+
+        Fewer than `top_k` candidates come back only when the gallery has fewer subjects (with
+        the hnsw index, results are approximate)."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, not {top_k}")
+        rule = MatchRule(rule)
+        queries = self._unit_rows(queries, "queries")
+        with self._searching.read():
+            if rule is MatchRule.mean:
+                return self._identify_by_mean(queries, top_k)
+            return self._identify_by_best(queries, top_k)
+
+    def _identify_by_best(self, queries: np.ndarray, top_k: int) -> list[list[Candidate]]:
+        results: list[list[Candidate]] = [[] for _ in range(len(queries))]
+        wanted = min(top_k, len(self._members))
+        ceiling = min(len(self._templates), self._templates.max_k)
+        if not wanted:
+            return results
+        fetch = min(ceiling, top_k * TEMPLATES_PER_SUBJECT_GUESS)
+        rows = np.arange(len(queries))
+        while rows.size:
+            similarities, template_ids = self._templates.search(queries[rows], fetch)
+            short = []
+            for j, row in enumerate(rows):
+                candidates = self._best_per_subject(similarities[j], template_ids[j], top_k)
+                # A few subjects with many templates can fill the whole fetch: fetch more.
+                if len(candidates) < wanted and fetch < ceiling:
+                    short.append(row)
+                else:
+                    results[row] = candidates
+            rows = np.array(short, dtype=np.int64)
+            fetch = min(ceiling, 2 * fetch)
+        return results
+
+    def _best_per_subject(
+        self, similarities: np.ndarray, template_ids: np.ndarray, top_k: int
+    ) -> list[Candidate]:
+        found = template_ids >= 0
+        similarities, template_ids = similarities[found], template_ids[found]
+        codes = self._owner[template_ids]
+        # Neighbours come best first, so a subject's first appearance is its best template.
+        _, first = np.unique(codes, return_index=True)
+        first = np.sort(first)[:top_k]
+        return [
+            Candidate(self._subject_ids[codes[i]], float(similarities[i]), int(template_ids[i]))
+            for i in first
+        ]
+
+    def _identify_by_mean(self, queries: np.ndarray, top_k: int) -> list[list[Candidate]]:
+        similarities, codes = self._means.search(queries, top_k)
+        return [
+            [
+                Candidate(self._subject_ids[code], float(similarity), None)
+                for similarity, code in zip(row_similarities, row_codes, strict=True)
+                if code >= 0
+            ]
+            for row_similarities, row_codes in zip(similarities, codes.tolist(), strict=True)
+        ]
+
+    def get_subject(self, subject_id: str) -> SubjectDetail:
+        """A subject with its templates' metadata. Raises SubjectNotFound."""
+        return self._store.get_subject(subject_id)
+
+    def list_subjects(
+        self, limit: int = 50, offset: int = 0, after: str | None = None
+    ) -> SubjectPage:
+        """A page of subjects ordered by subject_id, with the total count; `after` (a
+        subject_id) pages by key, which stays stable while subjects come and go."""
+        return self._store.list_subjects(limit, offset, after)
+
+    def stats(self) -> GalleryStats:
+        counts = self._store.counts()
+        return GalleryStats(
+            subjects=counts.subjects,
+            templates=counts.templates,
+            indexed_templates=len(self._templates),
+            last_seq=self._last_seq,
+            store_seq=counts.seq,
+            index_kind=str(self._templates.kind),
+            gpu=self._templates.on_gpu,
+            model_id=self.model_id,
+            embedding_dim=self.embedding_dim,
+        )
+
+    # The in-memory index state. Callers hold `_writing`, and `_searching` for writing.
+
+    def _load(self) -> None:
+        """Fill the index from a store snapshot; the means are summed as the templates stream
+        past (grouped by subject), so no second pass over the vectors is needed."""
+        with self._store.embedding_snapshot(LOAD_CHUNK) as snapshot:
+            pending: tuple[int, np.ndarray] | None = None
+            for chunk in snapshot.chunks:
+                self._add(chunk.ids, chunk.subject_ids, chunk.vectors)
+                codes = self._owner[chunk.ids]
+                starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+                firsts = codes[starts]
+                sums = np.add.reduceat(chunk.vectors, starts, axis=0)
+                if pending is not None and pending[0] == firsts[0]:
+                    sums[0] += pending[1]
+                elif pending is not None:
+                    self._set_means(np.array([pending[0]]), pending[1][None])
+                # The last subject of a chunk may go on in the next one.
+                self._set_means(firsts[:-1], sums[:-1])
+                pending = (int(firsts[-1]), sums[-1])
+            if pending is not None:
+                self._set_means(np.array([pending[0]]), pending[1][None])
+            self._last_seq = snapshot.seq
+        log.info(
+            "gallery loaded: %d templates of %d subjects up to change %d (%s index%s)",
+            len(self._templates),
+            len(self._members),
+            self._last_seq,
+            self._templates.kind,
+            " on GPU" if self._templates.on_gpu else "",
+        )
+
+    def _code(self, subject_id: str) -> int:
+        code = self._codes.get(subject_id)
+        if code is None:
+            if self._free_codes:
+                code = self._free_codes.pop()
+                self._subject_ids[code] = subject_id
+            else:
+                code = len(self._subject_ids)
+                self._subject_ids.append(subject_id)
+            self._codes[subject_id] = code
+            self._members[code] = set()
+        return code
+
+    def _indexed(self, template_ids: np.ndarray) -> np.ndarray:
+        inside = template_ids < len(self._owner)
+        indexed = np.zeros(len(template_ids), dtype=bool)
+        indexed[inside] = self._owner[template_ids[inside]] >= 0
+        return indexed
+
+    def _add(
+        self, template_ids: np.ndarray, subject_ids: list[str], vectors: np.ndarray
+    ) -> set[int]:
+        """Index the templates not indexed yet; returns the codes of the subjects touched."""
+        fresh = ~self._indexed(template_ids)
+        if not fresh.any():
+            return set()
+        template_ids, vectors = template_ids[fresh], vectors[fresh]
+        codes = np.array(
+            [self._code(s) for s, new in zip(subject_ids, fresh, strict=True) if new],
+            dtype=np.int32,
+        )
+        self._templates.add(template_ids, vectors)
+        needed = int(template_ids.max()) + 1
+        if needed > len(self._owner):
+            grown = np.full(max(needed, 2 * len(self._owner)), -1, dtype=np.int32)
+            grown[: len(self._owner)] = self._owner
+            self._owner = grown
+        self._owner[template_ids] = codes
+        for template_id, code in zip(template_ids.tolist(), codes.tolist(), strict=True):
+            self._members[code].add(template_id)
+        return set(codes.tolist())
+
+    def _remove(self, template_ids: Sequence[int]) -> set[int]:
+        """Unindex the templates that are indexed; returns the codes of the subjects touched."""
+        ids = np.array(template_ids, dtype=np.int64)
+        ids = ids[self._indexed(ids)]
+        if not ids.size:
+            return set()
+        codes = self._owner[ids]
+        self._templates.remove(ids)
+        self._owner[ids] = -1
+        for template_id, code in zip(ids.tolist(), codes.tolist(), strict=True):
+            self._members[code].discard(template_id)
+        return set(codes.tolist())
+
+    def _refresh_means(self, codes: set[int]) -> None:
+        """Recompute the mean templates of these subjects; forget subjects left without any."""
+        if not codes:
+            return
+        ordered = np.array(sorted(codes), dtype=np.int64)
+        self._means.remove(ordered)
+        kept, sums = [], []
+        for code in ordered.tolist():
+            members = self._members[code]
+            if members:
+                ids = np.fromiter(members, dtype=np.int64, count=len(members))
+                kept.append(code)
+                sums.append(self._templates.reconstruct(ids).sum(axis=0))
+            else:
+                del self._members[code]
+                del self._codes[self._subject_ids[code]]
+                self._free_codes.append(code)
+        if kept:
+            self._set_means(np.array(kept, dtype=np.int64), np.stack(sums))
+
+    def _set_means(self, codes: np.ndarray, sums: np.ndarray) -> None:
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        # Opposite templates can cancel out; a zero mean then matches nothing (cosine 0).
+        self._means.add(codes, sums / np.maximum(norms, 1e-12))
+
+    def _unit_rows(self, array: np.ndarray, name: str) -> np.ndarray:
+        matrix = np.asarray(array, dtype=np.float32)
+        if matrix.ndim != 2 or matrix.shape[1] != self.embedding_dim:
+            raise ValueError(
+                f"{name} must have shape (n, {self.embedding_dim}), not {matrix.shape}"
+            )
+        if not np.isfinite(matrix).all():
+            raise ValueError(f"{name} contain NaN or infinite values")
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        if (norms < 1e-12).any():
+            raise ValueError(f"{name} contain a zero vector, which has no direction")
+        return matrix / norms

@@ -1,0 +1,1 @@
+"""Gallery schema revisions, oldest first."""

@@ -1,0 +1,2 @@
+"""HTTP routers: faces (verify, embed, detect), gallery (enroll, identify, subjects) and
+operations (health, ready, metrics, info)."""

@@ -1,0 +1,107 @@
+"""What several routers share: authorisation, uploads, thresholds, face descriptions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, Header, UploadFile
+
+from service.detection import Face
+from service.errors import FaceMarginError, ImageTooLarge
+from service.faces import PhotoFaces, Policy, read_faces
+from service.preprocess import AlignedFace
+from service.runtime import Runtime, get_runtime
+from service.schemas import Box, DetectedFace, OperatingPoint, UsedFace
+from service.security import API_KEY_HEADER
+
+
+class ThresholdUnavailable(FaceMarginError):
+    code = "threshold_unavailable"
+    http_status = 422
+
+
+async def authorize(
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+    api_key: Annotated[
+        str | None, Header(alias=API_KEY_HEADER, description="Needed when keys are configured.")
+    ] = None,
+) -> str:
+    """The caller's key name, after the key and its rate limit are checked."""
+    name = runtime.keys.identify(api_key)
+    runtime.limiter.check(name)
+    return name
+
+
+async def read_upload(upload: UploadFile, runtime: Runtime) -> bytes:
+    """The whole upload, refusing (413) as soon as it passes the image cap."""
+    cap = runtime.settings.max_image_bytes
+    data = await upload.read(cap + 1)
+    if len(data) > cap:
+        raise ImageTooLarge(f"{upload.filename or 'image'} is over {cap} bytes", {"max_bytes": cap})
+    return data
+
+
+async def faces_of(upload: UploadFile, runtime: Runtime, policy: Policy, what: str) -> PhotoFaces:
+    data = await read_upload(upload, runtime)
+    settings = runtime.settings
+    return await runtime.run(
+        "decode_detect_align",
+        read_faces,
+        data,
+        runtime.detector,
+        policy,
+        settings.max_image_bytes,
+        settings.max_image_pixels,
+        settings.min_face_px,
+        what,
+    )
+
+
+def operating_point(runtime: Runtime, threshold: float | None, far: float | None) -> OperatingPoint:
+    """An explicit threshold, else the calibrated one at `far` (or the default FAR)."""
+    if threshold is not None:
+        return OperatingPoint(threshold=threshold, source="explicit")
+    contract = runtime.contract
+    target = far if far is not None else runtime.settings.default_far
+    value = contract.threshold_at(target)
+    if value is None:
+        available = (
+            [p.far for p in contract.calibration.operating_points] if contract.calibration else []
+        )
+        raise ThresholdUnavailable(
+            f"model {contract.model_id} has no threshold calibrated at FAR {target:g}; "
+            + (
+                f"calibrated FARs: {', '.join(f'{f:g}' for f in available)}"
+                if available
+                else "pass an explicit threshold"
+            ),
+            {"far": target, "calibrated_fars": available},
+        )
+    return OperatingPoint(
+        threshold=value,
+        source="calibrated",
+        far=target,
+        protocol=contract.calibration.protocol if contract.calibration else None,
+    )
+
+
+def describe(face: Face) -> DetectedFace:
+    return DetectedFace(
+        box=Box(**dict(zip(("x1", "y1", "x2", "y2"), map(float, face.box), strict=True))),
+        score=min(max(float(face.score), 0.0), 1.0),
+        landmarks=[(float(x), float(y)) for x, y in face.landmarks],
+    )
+
+
+def used_face(aligned: AlignedFace, norm: float, photo: PhotoFaces, runtime: Runtime) -> UsedFace:
+    quality = runtime.contract.quality(float(norm))
+    return UsedFace(
+        **describe(aligned.face).model_dump(),
+        quality=None if quality is None else round(quality, 4),
+        faces_in_image=photo.detected,
+    )
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.clip(np.dot(a.astype(np.float64), b.astype(np.float64)), -1.0, 1.0))

@@ -1,0 +1,182 @@
+"""Everything a request needs, built once at startup: detector, embedder, batcher, gallery,
+security and metrics. Routes reach it through `get_runtime`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+from service.batching import MicroBatcher
+from service.contract import ModelContract
+from service.detection import Detector
+from service.embedder import Embedder, choose_providers
+from service.errors import FaceMarginError, NotReady, Overloaded
+from service.gallery import Gallery, GalleryError
+from service.metrics import Metrics
+from service.preprocess import build_detector
+from service.security import KeyChecker, RateLimiter, parse_keys
+from service.settings import Settings
+
+log = logging.getLogger("facemargin")
+T = TypeVar("T")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    detector: Detector
+    embedder: Embedder
+    batcher: MicroBatcher
+    metrics: Metrics
+    keys: KeyChecker
+    limiter: RateLimiter
+    pool: ThreadPoolExecutor
+    gallery: Gallery | None = None
+    gallery_error: FaceMarginError | None = None
+    in_flight: int = field(default=0)
+
+    @property
+    def contract(self) -> ModelContract:
+        return self.embedder.contract
+
+    def require_gallery(self) -> Gallery:
+        if self.gallery is None:
+            raise self.gallery_error or NotReady("the gallery is not open")
+        return self.gallery
+
+    async def run(self, stage: str, function: Callable[..., T], *args: Any) -> T:
+        """CPU or I/O work in the worker pool, timed as a pipeline stage."""
+        start = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+        finally:
+            self.metrics.stage.labels(stage).observe(time.perf_counter() - start)
+
+    @asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """A slot of work, or 503 overloaded at once: a full server answers fast instead of
+        queueing requests until their clients give up."""
+        if self.in_flight >= self.settings.max_in_flight:
+            self.metrics.shed.inc()
+            raise Overloaded(
+                f"server busy ({self.in_flight} requests in progress); retry shortly",
+                {"in_flight": self.in_flight},
+            )
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+
+    def refresh_gallery_metrics(self) -> None:
+        if self.gallery is not None:
+            stats = self.gallery.stats()
+            self.metrics.gallery_subjects.set(stats.subjects)
+            self.metrics.gallery_templates.set(stats.templates)
+
+
+def open_gallery(
+    settings: Settings, contract: ModelContract
+) -> tuple[Gallery | None, FaceMarginError | None]:
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        gallery = Gallery.open(
+            settings.gallery_url,
+            model_id=contract.model_id,
+            embedding_dim=contract.embedding_dim,
+            index_kind=settings.index_kind.value,
+            use_gpu=settings.provider.value != "cpu",
+        )
+    except GalleryError as error:  # model_mismatch: the gallery was filled by another model
+        return None, error
+    except Exception as error:  # the database driver's own errors: unreachable, refused
+        log.exception("cannot open the gallery at %s", _redacted(settings.gallery_url))
+        return None, NotReady(f"gallery store unreachable: {type(error).__name__}")
+    gallery.start_sync(settings.sync_interval_s)
+    return gallery, None
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+async def start_runtime(settings: Settings) -> Runtime:
+    import faiss
+
+    faiss.omp_set_num_threads(settings.faiss_threads)
+    keys = KeyChecker(parse_keys(settings.api_keys))
+    metrics = Metrics()
+    pool = ThreadPoolExecutor(settings.workers_threads, thread_name_prefix="facemargin")
+    loop = asyncio.get_running_loop()
+    detector = await loop.run_in_executor(pool, build_detector, settings)
+    embedder = await loop.run_in_executor(
+        pool,
+        lambda: Embedder(
+            settings.model_path,
+            threads=settings.onnx_threads or None,
+            providers=choose_providers(settings.provider.value),
+            batch_size=settings.batch_max_size,
+        ),
+    )
+
+    def observe(size: int, seconds: float) -> None:
+        metrics.batch_size.observe(size)
+        metrics.stage.labels("embed").observe(seconds)
+
+    batcher = MicroBatcher(
+        embedder, settings.batch_max_size, settings.batch_max_wait_ms / 1e3, observe
+    )
+    batcher.start()
+    gallery, gallery_error = await loop.run_in_executor(
+        pool, open_gallery, settings, embedder.contract
+    )
+    if gallery_error is not None:
+        log.error("gallery unavailable: %s", gallery_error.message)
+    metrics.runtime.info(
+        {
+            "model_id": embedder.contract.model_id,
+            "provider": embedder.providers[0],
+            "detector": settings.detector.value,
+            "index": settings.index_kind.value,
+        }
+    )
+    runtime = Runtime(
+        settings=settings,
+        detector=detector,
+        embedder=embedder,
+        batcher=batcher,
+        metrics=metrics,
+        keys=keys,
+        limiter=RateLimiter(settings.rate_limit_per_minute),
+        pool=pool,
+        gallery=gallery,
+        gallery_error=gallery_error,
+    )
+    runtime.refresh_gallery_metrics()
+    return runtime
+
+
+async def stop_runtime(runtime: Runtime) -> None:
+    await runtime.batcher.stop()
+    if runtime.gallery is not None:
+        runtime.gallery.stop_sync()
+        runtime.gallery.close()
+    runtime.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime

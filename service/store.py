@@ -1,0 +1,608 @@
+"""The gallery's store of record: subjects, their templates and a change log, in SQL.
+
+SQLite (a file; the default) or PostgreSQL (`postgresql+psycopg://...`), through SQLAlchemy
+Core. The schema is Alembic's (`service/migrations`), upgraded to head when the store opens.
+
+Every write runs in one transaction that also appends its rows to `changes`, one row per
+template touched, so replicas can replay the log. Writers are serialised (SQLite: BEGIN
+IMMEDIATE; PostgreSQL: a transaction-scoped advisory lock), which makes `changes.seq` grow in
+commit order: a replica that has read every change up to seq N never later sees a change with
+a smaller seq commit.
+
+SQLite runs in WAL mode with synchronous=FULL: a write acknowledged to the caller is on disk
+and survives kill -9 or power loss, and readers never block the writer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from service.errors import FaceMarginError
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# How long an SQLite writer waits for another one before giving up with "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_PAGE_SIZE = 8192
+# Any constant: the PostgreSQL advisory lock that serialises gallery writers (per database).
+PG_WRITE_LOCK = 0x66_6D_67_61_6C  # "fmgal"
+# Bound on bound parameters per IN (...) query; SQLite allows 32766.
+IN_CHUNK = 1000
+
+_SUBJECT_ID = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+_ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+# Mirrors migrations/versions: the revisions create the tables, these describe them to queries.
+_meta = sa.MetaData()
+gallery_meta = sa.Table(
+    "gallery_meta",
+    _meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("model_id", sa.Text, nullable=False),
+    sa.Column("embedding_dim", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+subjects = sa.Table(
+    "subjects",
+    _meta,
+    sa.Column("subject_id", _SUBJECT_ID, primary_key=True),
+    sa.Column("display_name", sa.Text),
+    sa.Column("metadata", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+templates = sa.Table(
+    "templates",
+    _meta,
+    sa.Column("id", _ROW_ID, sa.Identity(), primary_key=True),
+    sa.Column("subject_id", _SUBJECT_ID, sa.ForeignKey("subjects.subject_id"), nullable=False),
+    sa.Column("embedding", sa.LargeBinary, nullable=False),
+    sa.Column("model_id", sa.Text, nullable=False),
+    sa.Column("quality", sa.Float),
+    sa.Column("image_sha256", sa.String(64)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
+)
+_RECORD_COLUMNS = [
+    templates.c[name]
+    for name in ("id", "subject_id", "model_id", "quality", "image_sha256", "created_at")
+]
+changes = sa.Table(
+    "changes",
+    _meta,
+    sa.Column("seq", _ROW_ID, sa.Identity(), primary_key=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("subject_id", _SUBJECT_ID, nullable=False),
+    sa.Column("template_id", sa.BigInteger),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+
+class GalleryError(FaceMarginError):
+    """Base of the gallery's expected failures."""
+
+    code = "gallery_error"
+
+
+class SubjectNotFound(GalleryError):
+    code = "subject_not_found"
+    http_status = 404
+
+    def __init__(self, subject_id: str) -> None:
+        super().__init__(f"no subject {subject_id!r} in the gallery")
+        self.subject_id = subject_id
+
+
+class TemplateNotFound(GalleryError):
+    code = "template_not_found"
+    http_status = 404
+
+    def __init__(self, subject_id: str, template_id: int) -> None:
+        super().__init__(f"subject {subject_id!r} has no template {template_id}")
+        self.subject_id = subject_id
+        self.template_id = template_id
+
+
+class ModelMismatch(GalleryError):
+    """The gallery holds embeddings of another model: they are not comparable with this one's."""
+
+    code = "model_mismatch"
+    http_status = 409
+
+    def __init__(
+        self,
+        bound_model_id: str,
+        model_id: str,
+        bound_dim: int | None = None,
+        dim: int | None = None,
+    ) -> None:
+        detail = f" ({bound_dim}-d against {dim}-d)" if bound_dim != dim else ""
+        super().__init__(
+            f"the gallery is bound to model {bound_model_id!r}, not {model_id!r}{detail}; "
+            "open another database, or re-enroll everyone with the new model"
+        )
+        self.bound_model_id = bound_model_id
+        self.model_id = model_id
+
+
+class ChangeKind(StrEnum):
+    enroll = "enroll"
+    delete_subject = "delete_subject"
+    delete_template = "delete_template"
+
+
+@dataclass(frozen=True, eq=False)
+class NewTemplate:
+    embedding: np.ndarray  # (d,) float32
+    quality: float | None = None
+    image_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class TemplateRecord:
+    id: int
+    subject_id: str
+    model_id: str
+    quality: float | None
+    image_sha256: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Subject:
+    subject_id: str
+    display_name: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    template_count: int
+
+
+@dataclass(frozen=True)
+class SubjectDetail:
+    subject: Subject
+    templates: tuple[TemplateRecord, ...]
+
+
+@dataclass(frozen=True)
+class SubjectPage:
+    subjects: tuple[Subject, ...]
+    total: int  # subjects in the whole gallery, not on this page
+    limit: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    kind: ChangeKind
+    subject_id: str
+    template_id: int | None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one committed write did, for the replica that made it."""
+
+    template_ids: tuple[int, ...]  # added (enroll) or removed (deletes)
+    seq: int  # the last change seq this write appended
+    previous_seq: int  # the highest seq in the log just before this write
+
+
+@dataclass(frozen=True)
+class Counts:
+    subjects: int
+    templates: int
+    seq: int  # highest change seq, 0 for an empty log
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddingChunk:
+    ids: np.ndarray  # (n,) int64 template ids
+    subject_ids: list[str]
+    vectors: np.ndarray  # (n, d) float32
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """The templates as of change `seq`, streamed in chunks ordered by subject, then id."""
+
+    seq: int
+    chunks: Iterator[EmbeddingChunk] = field(repr=False)
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite returns the naive UTC time it was given; PostgreSQL one in the session's zone.
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _dump_metadata(metadata: dict[str, Any]) -> str:
+    if not isinstance(metadata, dict):
+        raise ValueError("subject metadata must be a JSON object (a dict)")
+    try:
+        return json.dumps(metadata, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"subject metadata is not JSON: {error}") from error
+
+
+def _subject(row: sa.Row, template_count: int) -> Subject:
+    return Subject(
+        subject_id=row.subject_id,
+        display_name=row.display_name,
+        metadata=json.loads(row.metadata),
+        created_at=_utc(row.created_at),
+        template_count=template_count,
+    )
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
+        raise ValueError("an in-memory SQLite gallery would vanish with its connection; use a file")
+    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url)
+
+    @sa.event.listens_for(engine, "connect")
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own implicit BEGIN is off: `begin` below chooses the kind of transaction.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # Only takes effect on a new file, before its first write. A 512-d template row is
+        # over 2 KiB, so only one fits a default 4 KiB page: 8 KiB pages hold three.
+        cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def begin(connection: Connection) -> None:
+        # A writer takes the write lock up front: a deferred transaction upgrading from read
+        # to write can fail with "database is locked" without waiting out busy_timeout.
+        mode = connection.get_execution_options().get("facemargin_begin", "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+class Store:
+    """One gallery database. Thread-safe: every method runs its own short transaction."""
+
+    def __init__(self, engine: Engine, model_id: str, embedding_dim: int) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(facemargin_begin="IMMEDIATE")
+        self._postgres = engine.dialect.name == "postgresql"
+        self.model_id = model_id
+        self.embedding_dim = embedding_dim
+
+    @classmethod
+    def open(cls, database_url: str, model_id: str, embedding_dim: int) -> Store:
+        """Connect, migrate the schema to head and bind the gallery to `model_id`.
+
+        Raises ModelMismatch when the gallery already holds another model's embeddings.
+        """
+        if not model_id:
+            raise ValueError("model_id must not be empty")
+        if embedding_dim <= 0:
+            raise ValueError(f"embedding_dim must be positive, not {embedding_dim}")
+        url = make_url(database_url)
+        if url.get_backend_name() == "sqlite":
+            engine = _sqlite_engine(url)
+        elif url.get_backend_name() == "postgresql":
+            engine = sa.create_engine(url, pool_pre_ping=True)
+        else:
+            raise ValueError(f"unsupported gallery database {url.get_backend_name()!r}")
+        store = cls(engine, model_id, embedding_dim)
+        try:
+            store._migrate()
+            store._bind()
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A transaction that holds the gallery's single write lock until it commits."""
+        with self._writer.begin() as connection:
+            if self._postgres:
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(PG_WRITE_LOCK)))
+            yield connection
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A read-only transaction on one snapshot (SQLite's readers always have one)."""
+        options = {"isolation_level": "REPEATABLE READ"} if self._postgres else {}
+        with self._engine.connect().execution_options(**options) as connection, connection.begin():
+            yield connection
+
+    def _migrate(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        # Under the write lock, so replicas starting together do not create the tables twice.
+        with self._write() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def _bind(self) -> None:
+        with self._write() as connection:
+            row = connection.execute(sa.select(gallery_meta)).first()
+            if row is None:
+                connection.execute(
+                    gallery_meta.insert().values(
+                        id=1,
+                        model_id=self.model_id,
+                        embedding_dim=self.embedding_dim,
+                        created_at=_now(),
+                    )
+                )
+            elif (row.model_id, row.embedding_dim) != (self.model_id, self.embedding_dim):
+                raise ModelMismatch(
+                    row.model_id, self.model_id, row.embedding_dim, self.embedding_dim
+                )
+
+    def _log(
+        self,
+        connection: Connection,
+        kind: ChangeKind,
+        subject_id: str,
+        template_ids: Sequence[int | None],
+    ) -> tuple[int, int]:
+        """Append one change per template; returns (seq before, last seq appended)."""
+        previous = connection.execute(sa.select(sa.func.max(changes.c.seq))).scalar() or 0
+        at = _now()
+        rows = [
+            {"kind": kind.value, "subject_id": subject_id, "template_id": template_id, "at": at}
+            for template_id in template_ids
+        ]
+        seqs = connection.execute(changes.insert().returning(changes.c.seq), rows).scalars()
+        return previous, max(seqs)
+
+    def _vector_bytes(self, embedding: np.ndarray) -> bytes:
+        vector = np.asarray(embedding, dtype="<f4")
+        if vector.shape != (self.embedding_dim,):
+            raise ValueError(
+                f"a template embedding must have shape ({self.embedding_dim},), not {vector.shape}"
+            )
+        if not np.isfinite(vector).all():
+            raise ValueError("a template embedding has a NaN or infinite value")
+        return vector.tobytes()
+
+    def add_templates(
+        self,
+        subject_id: str,
+        new_templates: Sequence[NewTemplate],
+        display_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> WriteResult:
+        """Add templates to a subject, creating it if new; a display name or metadata given
+        replaces the stored one. One transaction: all templates and their changes, or none."""
+        if not subject_id:
+            raise ValueError("subject_id must not be empty")
+        if not new_templates:
+            raise ValueError("enroll needs at least one template")
+        blobs = [self._vector_bytes(template.embedding) for template in new_templates]
+        metadata_json = None if metadata is None else _dump_metadata(metadata)
+        now = _now()
+        with self._write() as connection:
+            exists = connection.execute(
+                sa.select(subjects.c.subject_id).where(subjects.c.subject_id == subject_id)
+            ).first()
+            if exists is None:
+                connection.execute(
+                    subjects.insert().values(
+                        subject_id=subject_id,
+                        display_name=display_name,
+                        metadata=metadata_json or "{}",
+                        created_at=now,
+                    )
+                )
+            else:
+                updates = {"display_name": display_name, "metadata": metadata_json}
+                updates = {key: value for key, value in updates.items() if value is not None}
+                if updates:
+                    connection.execute(
+                        subjects.update()
+                        .where(subjects.c.subject_id == subject_id)
+                        .values(**updates)
+                    )
+            rows = [
+                {
+                    "subject_id": subject_id,
+                    "embedding": blob,
+                    "model_id": self.model_id,
+                    "quality": template.quality,
+                    "image_sha256": template.image_sha256,
+                    "created_at": now,
+                }
+                for blob, template in zip(blobs, new_templates, strict=True)
+            ]
+            ids = connection.execute(
+                templates.insert().returning(templates.c.id, sort_by_parameter_order=True), rows
+            ).scalars()
+            template_ids = tuple(int(i) for i in ids)
+            previous, seq = self._log(connection, ChangeKind.enroll, subject_id, template_ids)
+        return WriteResult(template_ids, seq, previous)
+
+    def delete_subject(self, subject_id: str) -> WriteResult:
+        """Delete a subject and all its templates. Raises SubjectNotFound."""
+        with self._write() as connection:
+            if not self._subject_exists(connection, subject_id):
+                raise SubjectNotFound(subject_id)
+            ids = connection.execute(
+                sa.select(templates.c.id)
+                .where(templates.c.subject_id == subject_id)
+                .order_by(templates.c.id)
+            ).scalars()
+            template_ids = tuple(int(i) for i in ids)
+            connection.execute(templates.delete().where(templates.c.subject_id == subject_id))
+            connection.execute(subjects.delete().where(subjects.c.subject_id == subject_id))
+            # A subject without templates still leaves one change, with no template id.
+            logged = template_ids or (None,)
+            previous, seq = self._log(connection, ChangeKind.delete_subject, subject_id, logged)
+        return WriteResult(template_ids, seq, previous)
+
+    def delete_template(self, subject_id: str, template_id: int) -> WriteResult:
+        """Delete one template; the subject stays, even with none left.
+
+        Raises SubjectNotFound, or TemplateNotFound when the subject has no such template."""
+        with self._write() as connection:
+            if not self._subject_exists(connection, subject_id):
+                raise SubjectNotFound(subject_id)
+            deleted = connection.execute(
+                templates.delete().where(
+                    templates.c.id == template_id, templates.c.subject_id == subject_id
+                )
+            ).rowcount
+            if not deleted:
+                raise TemplateNotFound(subject_id, template_id)
+            previous, seq = self._log(
+                connection, ChangeKind.delete_template, subject_id, [template_id]
+            )
+        return WriteResult((template_id,), seq, previous)
+
+    @staticmethod
+    def _subject_exists(connection: Connection, subject_id: str) -> bool:
+        query = sa.select(subjects.c.subject_id).where(subjects.c.subject_id == subject_id)
+        return connection.execute(query).first() is not None
+
+    def get_subject(self, subject_id: str) -> SubjectDetail:
+        """A subject and its templates' metadata (not their embeddings). Raises SubjectNotFound."""
+        with self._read() as connection:
+            row = connection.execute(
+                sa.select(subjects).where(subjects.c.subject_id == subject_id)
+            ).first()
+            if row is None:
+                raise SubjectNotFound(subject_id)
+            records = connection.execute(
+                sa.select(*_RECORD_COLUMNS)
+                .where(templates.c.subject_id == subject_id)
+                .order_by(templates.c.id)
+            ).all()
+        templates_ = tuple(
+            TemplateRecord(
+                id=int(r.id),
+                subject_id=r.subject_id,
+                model_id=r.model_id,
+                quality=r.quality,
+                image_sha256=r.image_sha256,
+                created_at=_utc(r.created_at),
+            )
+            for r in records
+        )
+        return SubjectDetail(_subject(row, len(templates_)), templates_)
+
+    def list_subjects(
+        self, limit: int = 50, offset: int = 0, after: str | None = None
+    ) -> SubjectPage:
+        """One page of subjects ordered by subject_id (code point order on both backends).
+
+        `after` (a subject_id, exclusive) pages by key: unlike `offset` it neither skips nor
+        repeats subjects when others are enrolled or deleted between pages."""
+        if limit < 1 or offset < 0:
+            raise ValueError("limit must be at least 1 and offset not negative")
+        template_count = (
+            sa.select(sa.func.count())
+            .where(templates.c.subject_id == subjects.c.subject_id)
+            .scalar_subquery()
+        )
+        query = sa.select(subjects, template_count.label("template_count"))
+        if after is not None:
+            query = query.where(subjects.c.subject_id > after)
+        query = query.order_by(subjects.c.subject_id).limit(limit).offset(offset)
+        with self._read() as connection:
+            rows = connection.execute(query).all()
+            total = connection.execute(sa.select(sa.func.count()).select_from(subjects)).scalar()
+        page = tuple(_subject(row, int(row.template_count)) for row in rows)
+        return SubjectPage(page, int(total or 0), limit, offset)
+
+    @contextmanager
+    def embedding_snapshot(self, chunk_size: int = 10_000) -> Iterator[Snapshot]:
+        """Every template with its embedding, as of one consistent point in the change log.
+
+        The rows stream from the database in chunks (a server-side cursor on PostgreSQL), so a
+        rebuild holds one chunk beside the index it fills, not a copy of the whole gallery."""
+        with self._read() as connection:
+            seq = connection.execute(sa.select(sa.func.max(changes.c.seq))).scalar() or 0
+            result = connection.execution_options(yield_per=chunk_size).execute(
+                sa.select(templates.c.id, templates.c.subject_id, templates.c.embedding).order_by(
+                    templates.c.subject_id, templates.c.id
+                )
+            )
+            yield Snapshot(seq, (self._chunk(rows) for rows in result.partitions()))
+
+    def _chunk(self, rows: Sequence[sa.Row]) -> EmbeddingChunk:
+        vectors = np.frombuffer(b"".join(row.embedding for row in rows), dtype="<f4")
+        return EmbeddingChunk(
+            ids=np.fromiter((row.id for row in rows), dtype=np.int64, count=len(rows)),
+            subject_ids=[row.subject_id for row in rows],
+            vectors=vectors.reshape(len(rows), self.embedding_dim).astype(np.float32, copy=True),
+        )
+
+    def templates_by_ids(self, template_ids: Sequence[int]) -> EmbeddingChunk:
+        """The templates among `template_ids` that still exist, with their embeddings."""
+        rows: list[sa.Row] = []
+        with self._read() as connection:
+            for start in range(0, len(template_ids), IN_CHUNK):
+                batch = [int(i) for i in template_ids[start : start + IN_CHUNK]]
+                rows += connection.execute(
+                    sa.select(templates.c.id, templates.c.subject_id, templates.c.embedding)
+                    .where(templates.c.id.in_(batch))
+                    .order_by(templates.c.id)
+                ).all()
+        return self._chunk(rows)
+
+    def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
+        """Changes with a seq above `seq`, oldest first, at most `limit` of them."""
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(
+                    changes.c.seq, changes.c.kind, changes.c.subject_id, changes.c.template_id
+                )
+                .where(changes.c.seq > seq)
+                .order_by(changes.c.seq)
+                .limit(limit)
+            ).all()
+        return [
+            Change(
+                seq=int(row.seq),
+                kind=ChangeKind(row.kind),
+                subject_id=row.subject_id,
+                template_id=None if row.template_id is None else int(row.template_id),
+            )
+            for row in rows
+        ]
+
+    def max_seq(self) -> int:
+        with self._read() as connection:
+            return int(connection.execute(sa.select(sa.func.max(changes.c.seq))).scalar() or 0)
+
+    def counts(self) -> Counts:
+        """Subjects, templates and the last change seq, all from one snapshot."""
+        with self._read() as connection:
+            subject_count = connection.execute(sa.select(sa.func.count()).select_from(subjects))
+            template_count = connection.execute(sa.select(sa.func.count()).select_from(templates))
+            seq = connection.execute(sa.select(sa.func.max(changes.c.seq)))
+            return Counts(
+                subjects=int(subject_count.scalar() or 0),
+                templates=int(template_count.scalar() or 0),
+                seq=int(seq.scalar() or 0),
+            )

@@ -1,0 +1,289 @@
+"""The HTTP API end to end: a real server process, real photos, the shipped model, a real
+SQLite gallery. Verify, enroll, identify (open set), manage subjects, and every error."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import DATA
+from tests.e2e.conftest import Server, gallery_env, running
+
+CFP = DATA / "val" / "cfp" / "Data" / "Images"
+pytestmark = pytest.mark.skipif(not CFP.is_dir(), reason=f"CFP photos not found at {CFP}")
+
+
+def photo(person: int, k: int = 1) -> Path:
+    return CFP / f"{person:03d}" / "frontal" / f"{k:02d}.jpg"
+
+
+def upload(path: Path, field: str = "image") -> tuple[str, tuple[str, bytes, str]]:
+    return field, (path.name, path.read_bytes(), "image/jpeg")
+
+
+def reencoded(path: Path, quality: int = 80, scale: float = 0.9) -> bytes:
+    """The same shot, resized and recompressed: what a second upload of a photo looks like."""
+    image = Image.open(path).convert("RGB")
+    image = image.resize((int(image.width * scale), int(image.height * scale)))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    with running(gallery_env(tmp_path_factory.mktemp("data"))) as process:
+        yield process
+
+
+def enroll(url: str, subject: str, paths: list[Path], **fields: str) -> httpx.Response:
+    files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+    return httpx.post(
+        f"{url}/enroll", data={"subject_id": subject, **fields}, files=files, timeout=60
+    )
+
+
+def identify(url: str, data: bytes, **fields: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/identify",
+        files={"image": ("probe.jpg", data, "image/jpeg")},
+        data=fields,
+        timeout=60,
+    )
+
+
+def test_verify_scores_a_person_above_a_stranger(server):
+    same = httpx.post(
+        f"{server.url}/verify",
+        files=[upload(photo(1, 1), "image1"), upload(photo(1, 2), "image2")],
+        timeout=60,
+    ).json()
+    other = httpx.post(
+        f"{server.url}/verify",
+        files=[upload(photo(1, 1), "image1"), upload(photo(2, 1), "image2")],
+        timeout=60,
+    ).json()
+    assert same["similarity"] > other["similarity"]
+    assert same["threshold"]["source"] == "calibrated" and same["threshold"]["far"] == 1e-3
+    assert other["match"] is False
+    assert len(same["faces"]) == 2 and len(same["faces"][0]["landmarks"]) == 5
+    assert same["faces"][0]["quality"] is None or same["faces"][0]["quality"] > 0
+
+
+def test_verify_with_an_explicit_threshold_and_a_far(server):
+    files = [upload(photo(3, 1), "image1"), upload(photo(3, 1), "image2")]
+    body = httpx.post(
+        f"{server.url}/verify", files=files, data={"threshold": "0.5"}, timeout=60
+    ).json()
+    assert body["threshold"] == {
+        "threshold": 0.5,
+        "source": "explicit",
+        "far": None,
+        "protocol": None,
+    }
+    assert body["similarity"] > 0.999 and body["match"] is True  # the same photo twice
+    response = httpx.post(f"{server.url}/verify", files=files, data={"far": "0.5"}, timeout=60)
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "threshold_unavailable"
+
+
+def test_enroll_identify_delete_round_trip(server):
+    url = server.url
+    body = enroll(url, "person-010", [photo(10, 1), photo(10, 2)], display_name="Ten").json()
+    assert [t["index"] for t in body["enrolled"]] == [0, 1] and body["rejected"] == []
+    assert body["template_count"] == 2
+    enroll(url, "person-011", [photo(11, 1)])
+    enroll(url, "person-012", [photo(12, 1)], metadata=json.dumps({"team": "blue"}))
+
+    found = identify(url, reencoded(photo(10, 1))).json()
+    (face,) = found["faces"]
+    assert face["decision"] == "match" and face["subject_id"] == "person-010"
+    assert face["candidates"][0]["display_name"] == "Ten"
+    assert face["candidates"][0]["similarity"] >= found["threshold"]["threshold"]
+
+    stranger = identify(url, photo(400, 1).read_bytes()).json()["faces"][0]
+    assert stranger["decision"] == "unknown" and stranger["subject_id"] is None
+    assert all(c["similarity"] < found["threshold"]["threshold"] for c in stranger["candidates"])
+
+    page = httpx.get(f"{url}/subjects", params={"limit": 2}).json()
+    assert page["total"] >= 3 and len(page["subjects"]) == 2
+    detail = httpx.get(f"{url}/subjects/person-012").json()
+    assert detail["metadata"] == {"team": "blue"} and len(detail["templates"]) == 1
+
+    deleted = httpx.delete(f"{url}/subjects/person-010").json()
+    assert deleted == {"subject_id": "person-010", "templates_removed": 2}
+    after = identify(url, reencoded(photo(10, 1))).json()["faces"][0]
+    assert all(c["subject_id"] != "person-010" for c in after["candidates"])
+    gone = httpx.get(f"{url}/subjects/person-010")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "subject_not_found"
+
+
+def test_enroll_reports_each_image(server, tmp_path):
+    group = tmp_path / "group.jpg"
+    a, b = Image.open(photo(20, 1)).convert("RGB"), Image.open(photo(21, 1)).convert("RGB")
+    canvas = Image.new("RGB", (a.width + b.width, max(a.height, b.height)))
+    canvas.paste(a, (0, 0))
+    canvas.paste(b, (a.width, 0))
+    canvas.save(group)
+    blank = tmp_path / "blank.jpg"
+    Image.new("RGB", (300, 300), (120, 120, 120)).save(blank)
+    body = enroll(server.url, "person-020", [photo(20, 2), group, blank]).json()
+    assert [t["index"] for t in body["enrolled"]] == [0]
+    assert {r["index"]: r["code"] for r in body["rejected"]} == {
+        1: "multiple_faces",
+        2: "face_not_found",
+    }
+    nothing = enroll(server.url, "person-021", [blank])
+    assert nothing.status_code == 422 and nothing.json()["error"]["code"] == "face_not_found"
+    missing = httpx.get(f"{server.url}/subjects/person-021")
+    assert missing.status_code == 404  # nothing enrolled, nothing created
+
+
+def test_embed_returns_unit_vectors_of_the_model(server):
+    info = httpx.get(f"{server.url}/info").json()
+    body = httpx.post(f"{server.url}/embed", files=[upload(photo(5, 1))], timeout=60).json()
+    assert body["model_id"] == info["model"]["model_id"]
+    (face,) = body["faces"]
+    assert len(face["embedding"]) == info["model"]["embedding_dim"]
+    assert abs(sum(x * x for x in face["embedding"]) - 1) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("request_args", "status", "code"),
+    [
+        (
+            {"method": "POST", "url": "/verify", "files": {"image1": ("a.jpg", b"")}},
+            422,
+            "invalid_request",
+        ),
+        (
+            {
+                "method": "POST",
+                "url": "/identify",
+                "files": {"image": ("a.jpg", b"GIF89a" + b"\0" * 20)},
+            },
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            {
+                "method": "POST",
+                "url": "/identify",
+                "files": {"image": ("a.jpg", b"\xff\xd8\xff\xe0" + b"\0" * 10)},
+            },
+            400,
+            "invalid_image",
+        ),
+        (
+            {
+                "method": "POST",
+                "url": "/enroll",
+                "data": {"subject_id": "bad id!"},
+                "files": {"images": ("a.jpg", b"x")},
+            },
+            422,
+            "invalid_request",
+        ),
+        ({"method": "DELETE", "url": "/subjects/nobody"}, 404, "subject_not_found"),
+        ({"method": "GET", "url": "/subjects", "params": {"limit": 0}}, 422, "invalid_request"),
+    ],
+)
+def test_errors_share_one_envelope(server, request_args, status, code):
+    args = dict(request_args)
+    response = httpx.request(args.pop("method"), server.url + args.pop("url"), timeout=60, **args)
+    body = response.json()
+    assert (response.status_code, body["error"]["code"]) == (status, code)
+    assert set(body) == {"error", "request_id"} and set(body["error"]) == {
+        "code",
+        "message",
+        "details",
+    }
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_operations_endpoints(server):
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/ready").json()
+    assert ready["ready"] is True and ready["checks"]["index"]["ok"] is True
+    info = httpx.get(f"{server.url}/info").json()
+    assert info["providers"][0] == "CPUExecutionProvider"
+    assert info["gallery"]["index_kind"] == "exact"
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'facemargin_requests_total{method="POST",route="/verify",status="200"}' in metrics
+    assert 'facemargin_stage_seconds_count{stage="embed"}' in metrics
+    assert "facemargin_gallery_templates" in metrics
+    assert "/identify" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+
+
+def test_api_keys_and_rate_limits(tmp_path):
+    from service.security import hash_key
+
+    env = gallery_env(tmp_path) | {
+        "FACEMARGIN_API_KEYS": f"alice:{hash_key('s3cret-key')}",
+        "FACEMARGIN_RATE_LIMIT_PER_MINUTE": "3",
+    }
+    with running(env) as server:
+        assert httpx.get(f"{server.url}/subjects").json()["error"]["code"] == "unauthorized"
+        wrong = httpx.get(f"{server.url}/subjects", headers={"X-API-Key": "guess"})
+        assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "unauthorized")
+        headers = {"X-API-Key": "s3cret-key"}
+        codes = [httpx.get(f"{server.url}/subjects", headers=headers).status_code for _ in range(5)]
+        assert codes[:3] == [200, 200, 200] and codes[3] == 429
+        limited = httpx.get(f"{server.url}/subjects", headers=headers)
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.json()["error"]["code"] == "rate_limited"
+        assert httpx.get(f"{server.url}/health").status_code == 200  # probes need no key
+
+
+def test_a_full_server_sheds_load_at_once(tmp_path):
+    import concurrent.futures
+
+    env = gallery_env(tmp_path) | {"FACEMARGIN_MAX_IN_FLIGHT": "1"}
+    data = photo(7, 1).read_bytes()
+    with running(env) as server:
+
+        def one(_: int) -> tuple[int, str, float]:
+            start = time.monotonic()
+            response = httpx.post(
+                f"{server.url}/embed", files={"image": ("a.jpg", data, "image/jpeg")}, timeout=60
+            )
+            code = response.json()["error"]["code"] if response.status_code != 200 else ""
+            return response.status_code, code, time.monotonic() - start
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(one, range(8)))
+        statuses = [status for status, _, _ in results]
+        assert 200 in statuses and 503 in statuses
+        assert {code for status, code, _ in results if status == 503} == {"overloaded"}
+        shed = [seconds for status, _, seconds in results if status == 503]
+        served = [seconds for status, _, seconds in results if status == 200]
+        assert max(shed) < max(served)  # refused at once, not after queueing
+
+
+def test_a_gallery_refuses_another_models_embeddings(tmp_path):
+    from export.onnx_model import read_contract, write_contract
+    from tests.conftest import MODELS
+
+    other = tmp_path / "other.onnx"
+    other.write_bytes((MODELS / "embedder.onnx").read_bytes())
+    contract = read_contract(other)
+    write_contract(other, contract.model_copy(update={"model_id": "0" * 16}))
+    env = gallery_env(tmp_path / "data")
+    with running(env) as server:
+        assert enroll(server.url, "someone", [photo(8, 1)]).status_code == 200
+    with running(env | {"FACEMARGIN_MODEL_PATH": str(other)}, wait_for="/health") as server:
+        ready = httpx.get(f"{server.url}/ready")
+        assert ready.status_code == 503
+        assert "bound to model" in ready.json()["checks"]["gallery"]["detail"]
+        refused = identify(server.url, photo(8, 1).read_bytes())
+        assert (refused.status_code, refused.json()["error"]["code"]) == (409, "model_mismatch")
+        # Verification needs no gallery and still works.
+        files = [upload(photo(8, 1), "image1"), upload(photo(8, 2), "image2")]
+        assert httpx.post(f"{server.url}/verify", files=files, timeout=60).status_code == 200

@@ -1,0 +1,436 @@
+"""The gallery on SQLite: store + index + replica catch-up. `GalleryBehaviour` holds the
+backend-independent tests; tests/service/test_gallery_postgres.py runs them on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from service.gallery import (
+    Gallery,
+    MatchRule,
+    ModelMismatch,
+    NewTemplate,
+    SubjectNotFound,
+    TemplateNotFound,
+)
+from service.store import Store
+
+REPO = Path(__file__).resolve().parents[2]
+DIM = 32
+MODEL = "model-a"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_faiss_thread():
+    """Small searches on a shared two-core machine: a second OpenMP thread only waits."""
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(previous)
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def as_templates(vectors: np.ndarray) -> list[NewTemplate]:
+    return [NewTemplate(v, quality=1.0, image_sha256="0" * 64) for v in vectors]
+
+
+def top_subjects(gallery: Gallery, query: np.ndarray, top_k: int = 5, rule="best") -> list[str]:
+    return [c.subject_id for c in gallery.identify(query[None], top_k, rule)[0]]
+
+
+def fill(gallery: Gallery, rng: np.random.Generator, subjects: int, per: int = 2) -> dict:
+    """Enroll random subjects; returns subject_id -> their embeddings."""
+    enrolled = {}
+    for i in range(subjects):
+        vectors = unit(rng, per)
+        gallery.enroll(f"s{i:03d}", as_templates(vectors))
+        enrolled[f"s{i:03d}"] = vectors
+    return enrolled
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+class GalleryBehaviour:
+    """Needs a `database_url` fixture naming an empty gallery database."""
+
+    @pytest.fixture(params=["exact", "hnsw"])
+    def kind(self, request) -> str:
+        return request.param
+
+    @pytest.fixture
+    def gallery(self, database_url, kind):
+        with Gallery.open(database_url, MODEL, DIM, kind) as gallery:
+            yield gallery
+
+    def test_another_model_is_refused(self, database_url, gallery):
+        with pytest.raises(ModelMismatch):
+            Gallery.open(database_url, "model-b", DIM)
+
+    def test_enrolled_embedding_identifies_its_subject(self, gallery, kind):
+        rng = np.random.default_rng(1)
+        enrolled = fill(gallery, rng, 30)
+        for subject in ["s000", "s017", "s029"]:
+            [candidates] = gallery.identify(enrolled[subject][1:2], top_k=3)
+            assert candidates[0].subject_id == subject
+            assert candidates[0].similarity == pytest.approx(1.0, abs=1e-5)
+            assert len({c.subject_id for c in candidates}) == 3
+            ids = [t.id for t in gallery.get_subject(subject).templates]
+            assert candidates[0].template_id == ids[1]
+        stats = gallery.stats()
+        assert (stats.subjects, stats.templates, stats.indexed_templates) == (30, 60, 60)
+        assert (stats.index_kind, stats.gpu) == (kind, False)
+        assert gallery.in_sync()
+
+    def test_ranking_is_by_subject_not_by_template(self, gallery):
+        """A subject with 40 templates near the query must not crowd out the others."""
+        rng = np.random.default_rng(2)
+        query = unit(rng, 1)[0]
+        crowd = query + 0.05 * rng.standard_normal((40, DIM)).astype(np.float32)
+        gallery.enroll("crowd", as_templates(crowd))
+        fill(gallery, rng, 10)
+        [candidates] = gallery.identify(query[None], top_k=4)
+        assert candidates[0].subject_id == "crowd"
+        assert len(candidates) == 4
+        assert len({c.subject_id for c in candidates}) == 4
+        similarities = [c.similarity for c in candidates]
+        assert similarities == sorted(similarities, reverse=True)
+
+    def test_best_and_mean_rules_differ(self, gallery):
+        """'spread' has two templates 60° either side of the query: best 0.5, but their mean
+        points straight at it (1.0). 'single' has one template at cosine 0.8."""
+        e = np.eye(DIM, dtype=np.float32)
+        query = e[0]
+        angle = np.pi / 3
+        spread = [
+            np.cos(angle) * e[0] + np.sin(angle) * e[1],
+            np.cos(angle) * e[0] - np.sin(angle) * e[1],
+        ]
+        gallery.enroll("spread", as_templates(np.stack(spread)))
+        gallery.enroll("single", as_templates((0.8 * e[0] + 0.6 * e[2])[None]))
+
+        [best] = gallery.identify(query[None], top_k=2, rule=MatchRule.best)
+        assert [(c.subject_id, round(c.similarity, 4)) for c in best] == [
+            ("single", 0.8),
+            ("spread", 0.5),
+        ]
+        [mean] = gallery.identify(query[None], top_k=2, rule="mean")
+        assert [(c.subject_id, round(c.similarity, 4)) for c in mean] == [
+            ("spread", 1.0),
+            ("single", 0.8),
+        ]
+        assert all(c.template_id is None for c in mean)
+
+        # The mean follows the subject's templates: with one left, it is that template.
+        first = gallery.get_subject("spread").templates[0].id
+        gallery.delete_template("spread", first)
+        [mean] = gallery.identify(query[None], top_k=2, rule="mean")
+        assert [(c.subject_id, round(c.similarity, 4)) for c in mean] == [
+            ("single", 0.8),
+            ("spread", 0.5),
+        ]
+
+    def test_mean_rule_matches_brute_force(self, gallery):
+        rng = np.random.default_rng(3)
+        enrolled = fill(gallery, rng, 25, per=3)
+        queries = unit(rng, 5)
+        names = sorted(enrolled)
+        means = np.stack([enrolled[n].sum(axis=0) for n in names])
+        means /= np.linalg.norm(means, axis=1, keepdims=True)
+        truth = queries @ means.T
+        results = gallery.identify(queries, top_k=3, rule="mean")
+        for row, candidates in zip(truth, results, strict=True):
+            order = np.argsort(-row)[:3]
+            assert [c.subject_id for c in candidates] == [names[i] for i in order]
+            assert [c.similarity for c in candidates] == pytest.approx(row[order], abs=1e-5)
+
+    def test_means_survive_a_reload_in_small_chunks(self, database_url, kind, monkeypatch):
+        """On open, subjects whose templates straddle chunk boundaries still get the mean of
+        all their templates."""
+        rng = np.random.default_rng(12)
+        with Gallery.open(database_url, MODEL, DIM, kind) as gallery:
+            enrolled = {}
+            for i, count in enumerate([1, 5, 2, 7, 3, 3, 1, 4]):
+                enrolled[f"s{i}"] = unit(rng, count)
+                gallery.enroll(f"s{i}", as_templates(enrolled[f"s{i}"]))
+        monkeypatch.setattr("service.gallery.LOAD_CHUNK", 3)
+        queries = unit(rng, 6)
+        names = sorted(enrolled)
+        means = np.stack([enrolled[n].sum(axis=0) for n in names])
+        means /= np.linalg.norm(means, axis=1, keepdims=True)
+        truth = queries @ means.T
+        with Gallery.open(database_url, MODEL, DIM, kind) as gallery:
+            results = gallery.identify(queries, top_k=8, rule="mean")
+            assert gallery.stats().indexed_templates == 26
+        for row, candidates in zip(truth, results, strict=True):
+            assert {c.subject_id: c.similarity for c in candidates} == pytest.approx(
+                dict(zip(names, row.tolist(), strict=True)), abs=1e-5
+            )
+
+    def test_deleted_subject_disappears_everywhere(self, gallery):
+        rng = np.random.default_rng(4)
+        enrolled = fill(gallery, rng, 12)
+        assert gallery.delete_subject("s005") == 2
+        for rule in ("best", "mean"):
+            assert "s005" not in top_subjects(gallery, enrolled["s005"][0], 11, rule)
+        listed = [s.subject_id for s in gallery.list_subjects(limit=100).subjects]
+        assert "s005" not in listed and len(listed) == 11
+        with pytest.raises(SubjectNotFound):
+            gallery.get_subject("s005")
+        with pytest.raises(SubjectNotFound):
+            gallery.delete_subject("s005")
+        with pytest.raises(TemplateNotFound):
+            gallery.delete_template("s006", 10**9)
+        # Deleting every template leaves a subject that lists but never matches.
+        for template in gallery.get_subject("s006").templates:
+            gallery.delete_template("s006", template.id)
+        assert gallery.get_subject("s006").subject.template_count == 0
+        for rule in ("best", "mean"):
+            assert "s006" not in top_subjects(gallery, enrolled["s006"][0], 11, rule)
+        # A deleted subject id can be enrolled again, from scratch.
+        gallery.enroll("s005", as_templates(enrolled["s006"][:1]))
+        assert top_subjects(gallery, enrolled["s006"][0], 1) == ["s005"]
+        assert top_subjects(gallery, enrolled["s006"][0], 1, "mean") == ["s005"]
+        assert gallery.in_sync()
+
+    def test_pages_cover_every_subject_once(self, gallery):
+        fill(gallery, np.random.default_rng(5), 23, per=1)
+        seen = []
+        for offset in range(0, 30, 7):
+            page = gallery.list_subjects(limit=7, offset=offset)
+            assert page.total == 23
+            seen += [s.subject_id for s in page.subjects]
+        assert seen == [f"s{i:03d}" for i in range(23)]
+
+    def test_reopening_rebuilds_the_same_index(self, database_url, kind):
+        rng = np.random.default_rng(6)
+        queries = unit(rng, 20)
+        with Gallery.open(database_url, MODEL, DIM, kind) as gallery:
+            enrolled = fill(gallery, rng, 40, per=3)
+            gallery.delete_subject("s010")
+            gallery.delete_template("s011", gallery.get_subject("s011").templates[0].id)
+            queries = np.concatenate([queries, enrolled["s012"]])
+            before = {rule: gallery.identify(queries, 5, rule) for rule in ("best", "mean")}
+            stats = gallery.stats()
+        with Gallery.open(database_url, MODEL, DIM, kind) as gallery:
+            after = {rule: gallery.identify(queries, 5, rule) for rule in ("best", "mean")}
+            assert gallery.stats() == stats
+            assert gallery.in_sync()
+        for rule in ("best", "mean"):
+            for old, new in zip(before[rule], after[rule], strict=True):
+                assert [(c.subject_id, c.template_id) for c in old] == [
+                    (c.subject_id, c.template_id) for c in new
+                ]
+                assert [c.similarity for c in old] == pytest.approx(
+                    [c.similarity for c in new], abs=1e-5
+                )
+
+    def test_replica_catches_up_with_enrolls_and_deletes(self, database_url, kind):
+        rng = np.random.default_rng(7)
+        with (
+            Gallery.open(database_url, MODEL, DIM, kind) as a,
+            Gallery.open(database_url, MODEL, DIM, kind) as b,
+        ):
+            enrolled = fill(a, rng, 5)
+            assert b.identify(enrolled["s003"][:1], 1) == [[]], "b has not caught up yet"
+            assert not b.in_sync()
+            assert b.catch_up() == 10  # one change per template
+            assert b.catch_up() == 0
+            assert a.catch_up() == 0, "a's own writes are applied already"
+            assert top_subjects(b, enrolled["s003"][0], 1) == ["s003"]
+            assert top_subjects(b, enrolled["s003"][0], 1, "mean") == ["s003"]
+
+            a.delete_subject("s003")
+            a.delete_template("s004", a.get_subject("s004").templates[0].id)
+            assert b.catch_up() == 3
+            for rule in ("best", "mean"):
+                assert "s003" not in top_subjects(b, enrolled["s003"][0], 5, rule)
+            # The deleted template of s004 is gone from b; its other one still matches.
+            remaining = {t.id for t in a.get_subject("s004").templates}
+            for candidates in b.identify(enrolled["s004"], 5):
+                assert {c.template_id for c in candidates if c.subject_id == "s004"} == remaining
+
+            # b writes, then a writes: a's write finds b's change before its own in the log
+            # and replays both, without an explicit catch_up.
+            from_b, from_a = unit(rng, 1), unit(rng, 1)
+            b.enroll("from-b", as_templates(from_b))
+            a.enroll("from-a", as_templates(from_a))
+            assert top_subjects(a, from_b[0], 1) == ["from-b"]
+            assert top_subjects(a, from_a[0], 1) == ["from-a"]
+            assert a.in_sync() and not b.in_sync()
+            assert b.catch_up() == 1
+            assert a.in_sync() and b.in_sync()
+            assert a.stats().indexed_templates == b.stats().indexed_templates == 9
+
+    def test_enroll_and_delete_of_the_same_template_between_catch_ups(self, database_url):
+        """b sees an enroll and its delete in one batch: the template must not appear."""
+        rng = np.random.default_rng(8)
+        with (
+            Gallery.open(database_url, MODEL, DIM) as a,
+            Gallery.open(database_url, MODEL, DIM) as b,
+        ):
+            vectors = unit(rng, 2)
+            ids = a.enroll("x", as_templates(vectors))
+            a.delete_template("x", ids[0])
+            assert b.catch_up() == 3
+            [candidates] = b.identify(vectors[:1], 5)
+            assert [c.template_id for c in candidates] == [ids[1]]
+            assert b.in_sync()
+
+    def test_background_sync_applies_other_replicas_changes(self, database_url):
+        rng = np.random.default_rng(9)
+        with (
+            Gallery.open(database_url, MODEL, DIM) as a,
+            Gallery.open(database_url, MODEL, DIM) as b,
+        ):
+            b.start_sync(0.05)
+            with pytest.raises(RuntimeError):
+                b.start_sync(0.05)
+            vectors = unit(rng, 1)
+            a.enroll("synced", as_templates(vectors))
+            assert wait_until(lambda: top_subjects(b, vectors[0], 1) == ["synced"])
+            a.delete_subject("synced")
+            assert wait_until(lambda: top_subjects(b, vectors[0], 1) == [])
+            b.stop_sync()
+            a.enroll("later", as_templates(vectors))
+            time.sleep(0.2)
+            assert top_subjects(b, vectors[0], 1) == [], "stopped: no more catch-up"
+
+    def test_invalid_embeddings_are_refused_before_any_write(self, gallery):
+        with pytest.raises(ValueError, match="zero"):
+            gallery.enroll("z", [NewTemplate(np.zeros(DIM, np.float32))])
+        with pytest.raises(ValueError, match="shape"):
+            gallery.enroll("z", [NewTemplate(np.ones(DIM + 1, np.float32))])
+        with pytest.raises(ValueError, match="at least one"):
+            gallery.enroll("z", [])
+        with pytest.raises(ValueError, match="shape"):
+            gallery.identify(np.ones(DIM, np.float32), 3)
+        with pytest.raises(ValueError, match="top_k"):
+            gallery.identify(np.ones((1, DIM), np.float32), 0)
+        assert gallery.stats().subjects == 0
+        assert gallery.identify(np.ones((2, DIM), np.float32), 3) == [[], []]
+
+
+class TestGallerySqlite(GalleryBehaviour):
+    @pytest.fixture
+    def database_url(self, tmp_path):
+        return f"sqlite:///{tmp_path}/gallery.db"
+
+    def test_no_search_returns_a_subject_after_its_delete_returned(self, database_url):
+        """Threads enroll, delete and identify at once. An identify that *started* after a
+        delete returned must not return that subject, even though the queries are the deleted
+        subjects' own embeddings (they would rank first if still indexed)."""
+        rng = np.random.default_rng(10)
+        with Gallery.open(database_url, MODEL, DIM) as gallery:
+            victims = fill(gallery, rng, 40)
+            queries = np.stack([v[0] for v in victims.values()])
+            deleted_at: dict[str, float] = {}
+            violations: list[tuple[str, float, float]] = []
+            errors: list[BaseException] = []
+            done = threading.Event()
+            searches = [0]
+
+            def delete() -> None:
+                for subject in victims:
+                    gallery.delete_subject(subject)
+                    deleted_at[subject] = time.monotonic()
+                    time.sleep(0.002)
+
+            def enroll() -> None:
+                local = np.random.default_rng(11)
+                for i in range(40):
+                    gallery.enroll(f"new{i:03d}", as_templates(unit(local, 2)))
+
+            def identify() -> None:
+                try:
+                    while not done.is_set():
+                        started = time.monotonic()
+                        for rule in ("best", "mean"):
+                            for candidates in gallery.identify(queries, 3, rule):
+                                for c in candidates:
+                                    gone = deleted_at.get(c.subject_id)
+                                    if gone is not None and gone < started:
+                                        violations.append((c.subject_id, gone, started))
+                        searches[0] += 1
+                except BaseException as error:
+                    errors.append(error)
+
+            readers = [threading.Thread(target=identify) for _ in range(3)]
+            writers = [threading.Thread(target=delete), threading.Thread(target=enroll)]
+            for thread in readers + writers:
+                thread.start()
+            for thread in writers:
+                thread.join()
+            done.set()
+            for thread in readers:
+                thread.join()
+            assert not errors
+            assert not violations
+            assert searches[0] > 10, "the searches really ran alongside the writes"
+            assert gallery.stats().indexed_templates == 80
+            assert gallery.in_sync()
+
+    def test_acknowledged_enrolls_survive_kill_9(self, tmp_path):
+        url = f"sqlite:///{tmp_path}/gallery.db"
+        script = (
+            "import sys, numpy as np\n"
+            "from service.gallery import Gallery, NewTemplate\n"
+            f"gallery = Gallery.open(sys.argv[1], {MODEL!r}, {DIM})\n"
+            "rng = np.random.default_rng(0)\n"
+            "for i in range(100_000):\n"
+            f"    vectors = rng.standard_normal((2, {DIM})).astype(np.float32)\n"
+            "    ids = gallery.enroll(f's{i}', [NewTemplate(v) for v in vectors])\n"
+            "    print(*ids, flush=True)\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, url],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
+        acknowledged: list[int] = []
+        assert child.stdout is not None
+        for line in child.stdout:
+            acknowledged += [int(i) for i in line.split()]
+            if len(acknowledged) >= 60:
+                break
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        # Lines printed before the kill were acknowledged too; a torn last line was not.
+        rest = child.stdout.read()
+        complete = rest[: rest.rfind("\n") + 1]
+        acknowledged += [int(i) for i in complete.split()]
+        assert child.returncode == -signal.SIGKILL
+
+        store = Store.open(url, MODEL, DIM)
+        try:
+            assert set(store.templates_by_ids(acknowledged).ids) == set(acknowledged)
+            stored = store.counts().templates
+        finally:
+            store.close()
+        assert stored >= len(acknowledged)
+        with Gallery.open(url, MODEL, DIM) as gallery:
+            assert gallery.stats().indexed_templates == stored
+            assert gallery.in_sync()
