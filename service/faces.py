@@ -7,6 +7,7 @@ loop); embedding happens later, batched across requests, in `service.batching`.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -33,6 +34,8 @@ class PhotoFaces:
     faces: list[AlignedFace]
     detected: int
     sha256: str
+    decode_s: float
+    detect_s: float  # detection and alignment
 
 
 def _detection_policy(policy: Policy) -> FacePolicy:
@@ -57,8 +60,11 @@ def read_faces(
 ) -> PhotoFaces:
     """Decode, detect and align; raise the typed error a client can act on. `what` names the
     field in messages (a verify request has two images)."""
+    start = time.perf_counter()
     image = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    decoded = time.perf_counter()
     aligned, detected = detect_and_align(image.pixels, detector, _detection_policy(policy))
+    timings = (decoded - start, time.perf_counter() - decoded)
     if not aligned:
         raise NoFace(f"{what}: no face found", {"field": what})
     if policy is Policy.single and len(aligned) > 1:
@@ -76,7 +82,7 @@ def read_faces(
             f"{what}: the face is {side:.0f} px across, under the {min_face_px} px minimum",
             {"field": what, "face_px": round(side, 1), "min_face_px": min_face_px},
         )
-    return PhotoFaces(image, large, detected, hashlib.sha256(data).hexdigest())
+    return PhotoFaces(image, large, detected, hashlib.sha256(data).hexdigest(), *timings)
 
 
 def stack(faces: list[AlignedFace]) -> np.ndarray:

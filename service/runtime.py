@@ -52,13 +52,14 @@ class Runtime:
             raise self.gallery_error or NotReady("the gallery is not open")
         return self.gallery
 
-    async def run(self, stage: str, function: Callable[..., T], *args: Any) -> T:
-        """CPU or I/O work in the worker pool, timed as a pipeline stage."""
+    async def run(self, stage: str | None, function: Callable[..., T], *args: Any) -> T:
+        """CPU or I/O work in the worker pool, timed as a pipeline stage when named."""
         start = time.perf_counter()
         try:
             return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
         finally:
-            self.metrics.stage.labels(stage).observe(time.perf_counter() - start)
+            if stage is not None:
+                self.metrics.stage.labels(stage).observe(time.perf_counter() - start)
 
     @asynccontextmanager
     async def admitted(self) -> AsyncIterator[None]:

@@ -123,4 +123,4 @@ async def detect(image: Photo, runtime: Annotated[Runtime, Depends(get_runtime)]
                 faces=[describe(face) for face in faces],
             )
 
-        return await runtime.run("decode_detect_align", work)
+        return await runtime.run("detect", work)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any
 
@@ -40,6 +41,23 @@ class ConflictingSubject(FaceMarginError):
     http_status = 422
 
 
+class NothingEnrolled(FaceMarginError):
+    """Every photo was rejected: the code is theirs when they share one, and each photo's
+    reason is in the details."""
+
+    http_status = 422
+
+    def __init__(self, rejected: list[RejectedImage]) -> None:
+        codes = {r.code for r in rejected}
+        self.code = codes.pop() if len(codes) == 1 else "no_image_enrolled"
+        message = (
+            f"no image was enrolled: {rejected[0].message}"
+            if len(rejected) == 1
+            else f"none of the {len(rejected)} images was enrolled"
+        )
+        super().__init__(message, {"rejected": [r.model_dump() for r in rejected]})
+
+
 def _metadata(raw: str | None) -> dict[str, Any] | None:
     if raw is None:
         return None
@@ -75,22 +93,20 @@ async def enroll(
     rejected: list[RejectedImage] = []
     accepted: list[tuple[int, UploadFile, PhotoFaces]] = []
     async with runtime.admitted():
-        for index, upload in enumerate(images):
-            try:
-                photo = await faces_of(upload, runtime, Policy.single, f"images[{index}]")
-            except FaceMarginError as error:
-                if error.http_status >= 500:
-                    raise
-                rejected.append(
-                    RejectedImage(
-                        index=index,
-                        filename=upload.filename,
-                        code=error.code,
-                        message=error.message,
-                    )
-                )
-                continue
-            accepted.append((index, upload, photo))
+        photos = await asyncio.gather(
+            *(
+                faces_of(upload, runtime, Policy.single, f"images[{index}]")
+                for index, upload in enumerate(images)
+            ),
+            return_exceptions=True,
+        )
+        for index, (upload, photo) in enumerate(zip(images, photos, strict=True)):
+            if isinstance(photo, FaceMarginError) and photo.http_status < 500:
+                rejected.append(_rejection(index, upload, photo))
+            elif isinstance(photo, BaseException):
+                raise photo
+            else:
+                accepted.append((index, upload, photo))
         embedded = await runtime.batcher.embed(stack([p.faces[0] for _, _, p in accepted]))
         floor = settings.min_enroll_quality
         if floor is None:
@@ -108,22 +124,14 @@ async def enroll(
             elif settings.check_enroll_conflicts:
                 problem = await runtime.run("search", _conflict, runtime, subject_id, vector)
             if problem is not None:
-                rejected.append(
-                    RejectedImage(
-                        index=index,
-                        filename=upload.filename,
-                        code=problem.code,
-                        message=problem.message,
-                    )
-                )
+                rejected.append(_rejection(index, upload, problem))
                 continue
             templates.append(
                 NewTemplate(embedding=vector, quality=quality, image_sha256=photo.sha256)
             )
             kept.append((index, upload, photo, quality))
         if not templates:
-            first = rejected[0]
-            raise _all_rejected(first, rejected)
+            raise NothingEnrolled(sorted(rejected, key=lambda r: r.index))
         ids = await runtime.run(
             "store",
             lambda: gallery.enroll(
@@ -151,17 +159,10 @@ async def enroll(
     )
 
 
-def _all_rejected(first: RejectedImage, rejected: list[RejectedImage]) -> FaceMarginError:
-    codes = {r.code for r in rejected}
-    error = FaceMarginError(
-        f"no image was enrolled: {first.message}"
-        if len(rejected) == 1
-        else f"none of the {len(rejected)} images was enrolled",
-        {"rejected": [r.model_dump() for r in rejected]},
+def _rejection(index: int, upload: UploadFile, error: FaceMarginError) -> RejectedImage:
+    return RejectedImage(
+        index=index, filename=upload.filename, code=error.code, message=error.message
     )
-    error.code = first.code if len(codes) == 1 else "no_image_enrolled"
-    error.http_status = 422
-    return error
 
 
 def _conflict(runtime: Runtime, subject_id: str, vector: np.ndarray) -> FaceMarginError | None:
