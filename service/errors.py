@@ -91,3 +91,34 @@ class InvalidRequest(FaceMarginError):
 
     code = "invalid_request"
     http_status = 422
+
+
+class ThresholdUnavailable(FaceMarginError):
+    """The request named a FAR the model was not calibrated at (or it has no thresholds)."""
+
+    code = "threshold_unavailable"
+    http_status = 422
+
+
+class ConflictingSubject(FaceMarginError):
+    """An enrolment face is closer to another subject than to the one it is enrolled as."""
+
+    code = "closer_to_another_subject"
+    http_status = 422
+
+
+class NothingEnrolled(FaceMarginError):
+    """Every photo of an enrolment was rejected: the code is theirs when they share one, and
+    each photo's reason is in the details (`rejected`: index, filename, code, message)."""
+
+    http_status = 422
+
+    def __init__(self, rejected: list) -> None:
+        codes = {r.code for r in rejected}
+        self.code = codes.pop() if len(codes) == 1 else "no_image_enrolled"
+        message = (
+            f"no image was enrolled: {rejected[0].message}"
+            if len(rejected) == 1
+            else f"none of the {len(rejected)} images was enrolled"
+        )
+        super().__init__(message, {"rejected": [r.model_dump() for r in rejected]})

@@ -8,17 +8,12 @@ import numpy as np
 from fastapi import Depends, Header, UploadFile
 
 from service.detection import Face
-from service.errors import FaceMarginError, ImageTooLarge
+from service.errors import ImageTooLarge, ThresholdUnavailable
 from service.faces import PhotoFaces, Policy, read_faces
 from service.preprocess import AlignedFace
 from service.runtime import Runtime, get_runtime
 from service.schemas import Box, DetectedFace, OperatingPoint, UsedFace
 from service.security import API_KEY_HEADER
-
-
-class ThresholdUnavailable(FaceMarginError):
-    code = "threshold_unavailable"
-    http_status = 422
 
 
 async def authorize(

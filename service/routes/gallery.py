@@ -9,7 +9,13 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
 
-from service.errors import FaceMarginError, InvalidRequest, LowQuality
+from service.errors import (
+    ConflictingSubject,
+    FaceMarginError,
+    InvalidRequest,
+    LowQuality,
+    NothingEnrolled,
+)
 from service.faces import PhotoFaces, Policy, stack
 from service.gallery import Gallery, NewTemplate, SubjectNotFound
 from service.routes.common import authorize, describe, faces_of, operating_point, used_face
@@ -34,28 +40,6 @@ from service.store import Subject
 router = APIRouter(tags=["gallery"], dependencies=[Depends(authorize)])
 SubjectId = Annotated[str, Path(pattern=SUBJECT_ID_PATTERN, description="Your id for the person.")]
 MAX_METADATA_BYTES = 4096
-
-
-class ConflictingSubject(FaceMarginError):
-    code = "closer_to_another_subject"
-    http_status = 422
-
-
-class NothingEnrolled(FaceMarginError):
-    """Every photo was rejected: the code is theirs when they share one, and each photo's
-    reason is in the details."""
-
-    http_status = 422
-
-    def __init__(self, rejected: list[RejectedImage]) -> None:
-        codes = {r.code for r in rejected}
-        self.code = codes.pop() if len(codes) == 1 else "no_image_enrolled"
-        message = (
-            f"no image was enrolled: {rejected[0].message}"
-            if len(rejected) == 1
-            else f"none of the {len(rejected)} images was enrolled"
-        )
-        super().__init__(message, {"rejected": [r.model_dump() for r in rejected]})
 
 
 def _metadata(raw: str | None) -> dict[str, Any] | None:
