@@ -42,6 +42,7 @@ class Runtime:
     gallery: Gallery | None = None
     gallery_error: FaceMarginError | None = None
     in_flight: int = field(default=0)
+    reopen: asyncio.Task[None] | None = None
 
     @property
     def contract(self) -> ModelContract:
@@ -168,10 +169,28 @@ async def start_runtime(settings: Settings) -> Runtime:
         gallery_error=gallery_error,
     )
     runtime.refresh_gallery_metrics()
+    if isinstance(gallery_error, NotReady):
+        runtime.reopen = asyncio.get_running_loop().create_task(_reopen_gallery(runtime))
     return runtime
 
 
+async def _reopen_gallery(runtime: Runtime, every_s: float = 2.0) -> None:
+    """Keep trying a store that was unreachable at start (a database still booting); /ready
+    stays 503 meanwhile. A model mismatch is final and is not retried."""
+    while runtime.gallery is None and isinstance(runtime.gallery_error, NotReady):
+        await asyncio.sleep(every_s)
+        gallery, error = await asyncio.get_running_loop().run_in_executor(
+            runtime.pool, open_gallery, runtime.settings, runtime.contract
+        )
+        runtime.gallery, runtime.gallery_error = gallery, error
+    if runtime.gallery is not None:
+        log.info("gallery open after a retry")
+        runtime.refresh_gallery_metrics()
+
+
 async def stop_runtime(runtime: Runtime) -> None:
+    if runtime.reopen is not None:
+        runtime.reopen.cancel()
     await runtime.batcher.stop()
     if runtime.gallery is not None:
         runtime.gallery.stop_sync()

@@ -75,3 +75,25 @@ def test_writes_reach_the_other_replica(postgres_url, tmp_path):
     print(
         f"enrolment visible on the other replica after {seen_after:.2f} s, deletion after {gone_after:.2f} s"
     )
+
+
+def test_a_replica_waits_for_its_database(postgres_url, tmp_path):
+    """Started before its database exists (a store still booting), the server answers /health,
+    keeps /ready at 503, and opens the gallery by itself once the database is there."""
+    base = sa.make_url(postgres_url)
+    admin = sa.create_engine(base.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text("DROP DATABASE IF EXISTS facemargin_late"))
+    url = base.set(database="facemargin_late").render_as_string(hide_password=False)
+    env = gallery_env(tmp_path) | {"FACEMARGIN_DATABASE_URL": url}
+    with running(env, wait_for="/health") as server:
+        waiting = httpx.get(f"{server.url}/ready")
+        assert waiting.status_code == 503
+        assert "unreachable" in waiting.json()["checks"]["gallery"]["detail"]
+        refused = httpx.get(f"{server.url}/subjects")
+        assert (refused.status_code, refused.json()["error"]["code"]) == (503, "not_ready")
+        with admin.connect() as connection:
+            connection.execute(sa.text("CREATE DATABASE facemargin_late"))
+        eventually(lambda: httpx.get(f"{server.url}/ready").status_code == 200, within=15)
+        assert enroll(server.url, "late", [photo(62, 1)]).status_code == 200
+    admin.dispose()
