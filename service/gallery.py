@@ -349,6 +349,10 @@ class Gallery:
         """A subject with its templates' metadata. Raises SubjectNotFound."""
         return self._store.get_subject(subject_id)
 
+    def display_names(self, subject_ids: Sequence[str]) -> dict[str, str | None]:
+        """Display names by subject id; subjects deleted meanwhile are absent."""
+        return self._store.display_names(subject_ids)
+
     def list_subjects(
         self, limit: int = 50, offset: int = 0, after: str | None = None
     ) -> SubjectPage:

@@ -510,6 +510,18 @@ class Store:
         )
         return SubjectDetail(_subject(row, len(templates_)), templates_)
 
+    def display_names(self, subject_ids: Sequence[str]) -> dict[str, str | None]:
+        """Display names of the subjects that exist, in one query (identify's candidates)."""
+        if not subject_ids:
+            return {}
+        with self._read() as connection:
+            rows = connection.execute(
+                sa.select(subjects.c.subject_id, subjects.c.display_name).where(
+                    subjects.c.subject_id.in_(list(subject_ids))
+                )
+            ).all()
+        return {row.subject_id: row.display_name for row in rows}
+
     def list_subjects(
         self, limit: int = 50, offset: int = 0, after: str | None = None
     ) -> SubjectPage:

@@ -17,7 +17,7 @@ from service.errors import (
     NothingEnrolled,
 )
 from service.faces import PhotoFaces, Policy, stack
-from service.gallery import Gallery, NewTemplate, SubjectNotFound
+from service.gallery import NewTemplate
 from service.routes.common import authorize, describe, faces_of, operating_point, used_face
 from service.runtime import Runtime, get_runtime
 from service.schemas import (
@@ -195,7 +195,7 @@ async def identify(
             "search", lambda: gallery.identify(embedded.vectors, top_k=top_k, rule=rule.value)
         )
     names = await runtime.run(
-        "store", _display_names, gallery, {c.subject_id for row in ranked for c in row}
+        "store", gallery.display_names, sorted({c.subject_id for row in ranked for c in row})
     )
     faces = []
     for aligned, norm, row in zip(photo.faces, embedded.norms, ranked, strict=True):
@@ -238,16 +238,6 @@ async def list_subjects(
         limit=limit,
         offset=offset,
     )
-
-
-def _display_names(gallery: Gallery, subject_ids: set[str]) -> dict[str, str | None]:
-    names = {}
-    for subject_id in subject_ids:
-        try:
-            names[subject_id] = gallery.get_subject(subject_id).subject.display_name
-        except SubjectNotFound:  # deleted between the search and this lookup
-            names[subject_id] = None
-    return names
 
 
 def _subject_info(subject: Subject) -> SubjectInfo:

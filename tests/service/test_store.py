@@ -52,6 +52,13 @@ class StoreBehaviour:
         # The same model opens the same gallery again, and the migrations are a no-op.
         Store.open(database_url, "model-a", DIM).close()
 
+    def test_display_names_in_one_lookup(self, store, rng):
+        store.add_templates("alice", templates(rng, 1), "Alice", None)
+        store.add_templates("bob", templates(rng, 1), None, None)
+        names = store.display_names(["alice", "bob", "nobody"])
+        assert names == {"alice": "Alice", "bob": None}  # the unknown id is simply absent
+        assert store.display_names([]) == {}
+
     def test_enroll_creates_the_subject_and_logs_one_change_per_template(self, store, rng):
         new = templates(rng, 3)
         result = store.add_templates("alice", new, "Alice", {"team": "red"})
