@@ -18,7 +18,7 @@ from export.onnx_model import (
     weights_id,
     write_contract,
 )
-from export.parity import FP32_MIN_COSINE, aligned_faces, checkpoint_embeddings, compare
+from export.parity import FP32_MIN_COSINE, checkpoint_embeddings, compare, parity_faces
 from service.alignment import TEMPLATE_NAME
 from service.contract import ModelContract, Objective, TrainingSummary
 from service.embedder import Embedder
@@ -26,8 +26,6 @@ from training.backbones import count_macs, count_parameters
 from training.config import TrainConfig
 from training.data import index_faces
 from training.embedder import backbone_from_payload, read_checkpoint
-
-PARITY_FACES = 32
 
 
 def exporter_name() -> str:
@@ -68,8 +66,6 @@ def export_checkpoint(
     progress: bool = True,
     report: Callable[[str], None] = print,
 ) -> ModelContract:
-    if validation is None and parity_root is None:
-        raise ValueError("parity needs real aligned faces: give validation data or parity faces")
     payload = read_checkpoint(checkpoint)
     backbone, config = backbone_from_payload(payload)
     partial = out.with_name(out.name + ".partial")
@@ -95,7 +91,7 @@ def export_checkpoint(
         )
         write_contract(partial, contract)
         embedder = Embedder(partial, threads=threads)
-        faces = aligned_faces(parity_root or validation.faces_for_parity(), PARITY_FACES)
+        faces = parity_faces(validation, parity_root)
         parity = compare(
             checkpoint_embeddings(backbone, faces),
             embedder,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.calibration import ValidationData
 from service.contract import EMBEDDING_OUTPUT, INPUT_NAME, Parity
 from service.embedder import Embedder
 from training.data import IMAGE_SUFFIXES, load_rgb, to_tensor
@@ -18,6 +19,7 @@ from training.data import IMAGE_SUFFIXES, load_rgb, to_tensor
 # swap lands far below this.
 FP32_MIN_COSINE = 0.99999
 PARITY_BATCH_SIZES = (1, 8)
+PARITY_FACES = 32
 
 
 class ParityError(RuntimeError):
@@ -32,6 +34,13 @@ def aligned_faces(root: Path, limit: int) -> np.ndarray:
         raise FileNotFoundError(f"no aligned faces under {root}")
     step = max(len(files) // limit, 1)
     return np.stack([load_rgb(p) for p in files[::step][:limit]])
+
+
+def parity_faces(validation: ValidationData | None, parity_root: Path | None) -> np.ndarray:
+    """The real faces every export is checked on: `parity_root`, else the validation set's."""
+    if parity_root is None and validation is None:
+        raise ValueError("parity needs real aligned faces: give validation data or parity faces")
+    return aligned_faces(parity_root or validation.faces_for_parity(), PARITY_FACES)
 
 
 @torch.no_grad()

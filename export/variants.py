@@ -14,7 +14,7 @@ import onnx
 
 from export.calibration import ValidationData, measure
 from export.onnx_model import read_contract, weights_id, write_contract
-from export.parity import aligned_faces, compare, run_in_batches
+from export.parity import aligned_faces, compare, parity_faces, run_in_batches
 from export.wrap import unwrap, wrap_graph
 from service.contract import INPUT_NAME, AccuracyChange, ModelContract, Quantization
 from service.embedder import Embedder, ModelContractError
@@ -22,7 +22,6 @@ from service.embedder import Embedder, ModelContractError
 FP16_MIN_COSINE = 0.9995
 INT8_OPS = ["Conv", "Gemm", "MatMul"]
 DEFAULT_TOLERANCE_PP = 0.5
-PARITY_FACES = 32
 
 
 def topologically_sorted(graph: onnx.GraphProto) -> None:
@@ -101,8 +100,6 @@ def make_fp16(
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     parent = _fp32_source(source)
-    if validation is None and parity_root is None:
-        raise ValueError("the fp16 check needs real aligned faces: give validation or parity faces")
     partial = out.with_name(out.name + ".partial")
     try:
         # Only the network goes to fp16; the uint8 -> float preprocessing and the final L2
@@ -114,7 +111,7 @@ def make_fp16(
         model, _ = wrap_graph(network, convention)
         onnx.save(model, str(partial))
         write_contract(partial, parent.model_copy(update={"variant": "fp16"}))
-        faces = aligned_faces(parity_root or validation.faces_for_parity(), PARITY_FACES)
+        faces = parity_faces(validation, parity_root)
         reference = run_in_batches(Embedder(source), faces, 8)
         parity = compare(
             reference,

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 
 from export.calibration import ValidationData, measure
 from export.onnx_model import weights_id, write_contract
-from export.parity import FP32_MIN_COSINE, aligned_faces, compare
+from export.parity import FP32_MIN_COSINE, compare, parity_faces
 from service.alignment import TEMPLATE_NAME
 from service.contract import (
     EMBEDDING_OUTPUT,
@@ -32,7 +32,6 @@ from service.contract import (
     OperatingPoint,
 )
 
-PARITY_FACES = 32
 _PREFIX = "network/"
 
 
@@ -201,8 +200,6 @@ def wrap_model(
     progress: bool = True,
     report: Callable[[str], None] = print,
 ) -> ModelContract:
-    if validation is None and parity_root is None:
-        raise ValueError("parity needs real aligned faces: give validation data or parity faces")
     foreign = onnx.load(str(foreign_path))
     model, dim = wrap_graph(foreign, convention)
     partial = out.with_name(out.name + ".partial")
@@ -221,7 +218,7 @@ def wrap_model(
         from service.embedder import Embedder
 
         embedder = Embedder(partial)
-        faces = aligned_faces(parity_root or validation.faces_for_parity(), PARITY_FACES)
+        faces = parity_faces(validation, parity_root)
         session = ort.InferenceSession(str(foreign_path), providers=["CPUExecutionProvider"])
         raw = np.concatenate(
             [

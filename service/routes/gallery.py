@@ -123,7 +123,6 @@ async def enroll(
             ),
         )
         subject = (await runtime.run("store", gallery.get_subject, subject_id)).subject
-    runtime.refresh_gallery_metrics()
     rejected.sort(key=lambda r: r.index)
     return EnrollResponse(
         subject_id=subject_id,
@@ -279,7 +278,6 @@ async def delete_subject(
     request on this replica will return it (others within FACEMARGIN_SYNC_INTERVAL_S)."""
     gallery = runtime.require_gallery()
     removed = await runtime.run("store", gallery.delete_subject, subject_id)
-    runtime.refresh_gallery_metrics()
     return Deleted(subject_id=subject_id, templates_removed=removed)
 
 
@@ -289,5 +287,4 @@ async def delete_template(
 ) -> Deleted:
     gallery = runtime.require_gallery()
     await runtime.run("store", gallery.delete_template, subject_id, template_id)
-    runtime.refresh_gallery_metrics()
     return Deleted(subject_id=subject_id, templates_removed=1)

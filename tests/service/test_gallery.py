@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 
@@ -28,15 +27,6 @@ from service.store import Store
 REPO = Path(__file__).resolve().parents[2]
 DIM = 32
 MODEL = "model-a"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """Small searches on a shared two-core machine: a second OpenMP thread only waits."""
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(previous)
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:

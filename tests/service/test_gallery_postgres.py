@@ -4,7 +4,6 @@ that database, so point FACEMARGIN_TEST_DATABASE_URL at a scratch database only.
 
 from __future__ import annotations
 
-import faiss
 import pytest
 import sqlalchemy as sa
 
@@ -12,15 +11,6 @@ from tests.service.test_gallery import GalleryBehaviour
 from tests.service.test_store import StoreBehaviour
 
 GALLERY_TABLES = "changes, templates, subjects, gallery_meta, alembic_version"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """Small searches on a shared two-core machine: a second OpenMP thread only waits."""
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(previous)
 
 
 @pytest.fixture

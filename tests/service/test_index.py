@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import threading
 
-import faiss
 import numpy as np
 import pytest
 
 from service.index import IndexKind, VectorIndex
 
 DIM = 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_faiss_thread():
-    """Small searches on a shared two-core machine: a second OpenMP thread only waits."""
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(previous)
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
