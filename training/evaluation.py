@@ -514,7 +514,7 @@ def split_open_set(
 # --- plots -------------------------------------------------------------------------------
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     """A figure not registered with pyplot: no GUI backend, no global state, safe in workers."""
     import logging
 
@@ -533,7 +533,7 @@ def plot_roc(
     curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "ROC"
 ) -> Path:
     """Overlay ROC curves {name: (far, tar)} on a log FAR axis from 1e-4 to 1; write a PNG."""
-    fig = _figure(6.5, 5)
+    fig = new_figure(6.5, 5)
     ax = fig.subplots()
     for name, (far, tar) in curves.items():
         far, tar = np.asarray(far, dtype=np.float64), np.asarray(tar, dtype=np.float64)
@@ -568,7 +568,7 @@ def plot_score_histograms(
     finite = scores[~missing]
     low, high = (finite.min(), finite.max()) if finite.size else (-1.0, 1.0)
     bins = np.linspace(low, high if high > low else low + 1e-6, 61)
-    fig = _figure(6.5, 4)
+    fig = new_figure(6.5, 4)
     ax = fig.subplots()
     for label, mask in (("genuine", same), ("impostor", ~same)):
         values = scores[mask & ~missing]

@@ -102,6 +102,13 @@ def evaluate_checkpoint(
         result = verification_report(scores, run.protocol.same, run.protocol.fold, FAR_TARGETS)
         # Through JSON: infinite thresholds become strings there, not invalid JSON.
         report["verification"][run.protocol.name] = json.loads(result.model_dump_json())
+        # The raw pair scores travel with the report so runs can be compared on one ROC later.
+        np.savez_compressed(
+            out / f"scores-{run.protocol.name}.npz",
+            scores=scores,
+            same=run.protocol.same,
+            fold=run.protocol.fold,
+        )
         far, tar, _ = roc_curve(scores, run.protocol.same)
         curves[run.protocol.name] = (far, tar)
         plot_score_histograms(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,13 +11,14 @@ import pytest
 from service.cli import main
 from tests.training.test_trainer import tiny_config
 from training.data import index_faces
+from training.evaluation import kfold_accuracy
 from training.trainer import CHECKPOINT_NAME, Trainer
 
 
-@pytest.mark.slow
-def test_evaluate_a_pairs_list(small_faces, tmp_path, capsys):
-    Trainer(tiny_config(small_faces, tmp_path / "run", epochs=1)).fit(stop_after_steps=2)
-    index = index_faces(small_faces)
+def write_pairs(faces: Path, path: Path) -> list[str]:
+    """A 10-fold pairs list over `faces` (same and different people, plus one pair whose second
+    face is missing); returns its lines."""
+    index = index_faces(faces)
     rng = np.random.default_rng(0)
     lines = []
     for fold in range(10):
@@ -29,8 +31,15 @@ def test_evaluate_a_pairs_list(small_faces, tmp_path, capsys):
             if index.labels[i] != index.labels[j]:
                 lines.append(f"{index.paths[i]} {index.paths[j]} 0 {fold}")
     lines.append(f"{index.paths[0]} nobody/missing.png 0 0")  # a face the detector missed
+    path.write_text("# test pairs\n" + "\n".join(lines) + "\n")
+    return lines
+
+
+@pytest.mark.slow
+def test_evaluate_a_pairs_list(small_faces, tmp_path, capsys):
+    Trainer(tiny_config(small_faces, tmp_path / "run", epochs=1)).fit(stop_after_steps=2)
     pairs = small_faces / "test-pairs.txt"
-    pairs.write_text("# test pairs\n" + "\n".join(lines) + "\n")
+    lines = write_pairs(small_faces, pairs)
 
     out = tmp_path / "eval"
     checkpoint = tmp_path / "run" / CHECKPOINT_NAME
@@ -45,6 +54,12 @@ def test_evaluate_a_pairs_list(small_faces, tmp_path, capsys):
     assert 0.0 <= result["accuracy"] <= 1.0
     assert (out / "roc.png").stat().st_size > 5_000
     assert report["open_set"] == {}
+    # The pair scores saved beside the report reproduce it (they feed later comparisons).
+    saved = np.load(out / "scores-test-pairs.npz")
+    assert saved["scores"].shape == (len(lines),) and np.isnan(saved["scores"]).sum() == 1
+    assert kfold_accuracy(saved["scores"], saved["same"], saved["fold"])[0] == pytest.approx(
+        result["accuracy"]
+    )
 
 
 def test_evaluate_needs_something_to_score(tmp_path):
