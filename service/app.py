@@ -23,6 +23,9 @@ from service.schemas import ErrorResponse
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("facemargin")
+# Our own access log replaces uvicorn's: it leaves out the query string, where a client may
+# put a credential by mistake, and carries the request id that ties a line to a response.
+access_log = logging.getLogger("facemargin.access")
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -82,12 +85,23 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - start
+            client = scope.get("client") or ("-", 0)
+            access_log.info(
+                '%s "%s %s" %d %.1f ms id=%s',
+                client[0],
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed * 1000,
+                request_id,
+            )
             runtime = getattr(self.fastapi_app.state, "runtime", None)
             if runtime is not None:
                 route = scope.get("route")
                 name = getattr(route, "path", "unmatched")
                 runtime.metrics.requests.labels(name, scope["method"], str(status)).inc()
-                runtime.metrics.latency.labels(name).observe(time.perf_counter() - start)
+                runtime.metrics.latency.labels(name).observe(elapsed)
 
 
 class BodySizeLimit:

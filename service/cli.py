@@ -37,7 +37,13 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     serve.add_argument("--port", type=int, default=8000, help="TCP port")
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    serve.add_argument("--log-level", default="info", help="uvicorn log level")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        # uvicorn's "trace" dumps whole ASGI scopes (query strings included): not offered.
+        help="log level for the service and uvicorn",
+    )
     serve.set_defaults(run=_run_serve)
 
 
@@ -66,6 +72,21 @@ def _run_hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def log_config(level: str) -> dict:
+    """uvicorn's logging setup plus the service's own loggers on the same handler."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["facemargin"] = {
+        "handlers": ["default"],
+        "level": level.upper(),
+        "propagate": False,
+    }
+    return config
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -76,6 +97,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
+        access_log=False,
+        log_config=log_config(args.log_level),
     )
     return 0
 

@@ -25,10 +25,18 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        port: int | None = None,
+        log_level: str = "warning",
+        output: Path | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
+        self.log_level = log_level
+        self.output = output  # stdout and stderr go here when set
         self.process: subprocess.Popen | None = None
 
     def start(self, wait_for: str = "/ready", timeout: float = 90) -> Server:
@@ -41,10 +49,12 @@ class Server:
                 "--port",
                 str(self.port),
                 "--log-level",
-                "warning",
+                self.log_level,
             ],
             cwd=REPO,
             env=os.environ | {"OMP_NUM_THREADS": "1"} | self.env,
+            stdout=self.output.open("ab") if self.output else None,
+            stderr=subprocess.STDOUT if self.output else None,
         )
         deadline = time.monotonic() + timeout
         while True:
