@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import FaceMarginError, ImageTooLarge, RateLimited
@@ -53,6 +54,15 @@ def error_response(
     return JSONResponse(
         status_code=status, content=body | {"request_id": request_id}, headers=headers
     )
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> str:
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 class RequestContext:
@@ -203,7 +213,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(error.status_code, "http_error")
-        return error_response(request.scope, error.status_code, code, str(error.detail))
+        response = error_response(request.scope, error.status_code, code, str(error.detail))
+        # Starlette's own headers carry meaning (Allow on a 405, as RFC 9110 requires).
+        response.headers.update(error.headers or {})
+        if error.status_code == 405:
+            # Starlette names only the first route that matched the path; a path served by
+            # several routes (GET and DELETE /subjects/{id}) must list every method.
+            response.headers["Allow"] = _allowed_methods(app, request.scope)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:

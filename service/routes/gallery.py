@@ -226,7 +226,8 @@ async def identify(
 async def list_subjects(
     runtime: Annotated[Runtime, Depends(get_runtime)],
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    # Bounded so no database sees an integer wider than its own (SQLite and PostgreSQL: 64 bits).
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> SubjectPage:
     """Enrolled subjects in subject_id order."""
     gallery = runtime.require_gallery()
