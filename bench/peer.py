@@ -43,7 +43,7 @@ from service.errors import FaceMarginError
 from service.faces import Policy, read_faces, stack
 from service.preprocess import build_detector
 from service.settings import Settings
-from training.evaluation import tar_at_far, verification_report
+from training.evaluation import missed_as_rejected, tar_at_far, verification_report
 from training.protocols import PairsProtocol, read_cfp
 
 RESULTS = Path(__file__).parent / "results"
@@ -129,10 +129,6 @@ def scores(vectors: np.ndarray, left: np.ndarray, right: np.ndarray, kind: str) 
     return -np.linalg.norm(a - b, axis=1)
 
 
-def rejected_when_missed(s: np.ndarray) -> np.ndarray:
-    return np.where(np.isnan(s), -np.inf, s)
-
-
 def protocol_report(side: Side, kind: str, protocol: PairsProtocol, index: dict[str, int]) -> dict:
     left = np.array([index[p] for p in protocol.left])
     right = np.array([index[p] for p in protocol.right])
@@ -141,7 +137,7 @@ def protocol_report(side: Side, kind: str, protocol: PairsProtocol, index: dict[
     return {
         "accuracy": report.accuracy,
         "accuracy_std": report.accuracy_std,
-        "tar_at_far_1e-3": tar_at_far(rejected_when_missed(s), protocol.same, [FAR])[0].tar,
+        "tar_at_far_1e-3": tar_at_far(missed_as_rejected(s), protocol.same, [FAR])[0].tar,
         "impostors": report.n_impostor,
         "missed_pairs": report.n_missing,
         "scores": s,
@@ -158,7 +154,7 @@ def all_frontal_pairs(side: Side, kind: str, frontal: list[int], people: np.ndar
         matrix = -np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * v @ v.T, 0.0))
     i, j = np.triu_indices(len(frontal), k=1)
     same = people[i] == people[j]
-    point = tar_at_far(rejected_when_missed(matrix[i, j]), same, [FAR])[0]
+    point = tar_at_far(missed_as_rejected(matrix[i, j]), same, [FAR])[0]
     return {
         "tar": point.tar,
         "threshold": point.threshold,
@@ -274,7 +270,7 @@ def main() -> None:
         }
         for split, protocol in protocols.items():
             report = protocol_report(side, kind, protocol, index)
-            curves[split][name] = (rejected_when_missed(report.pop("scores")), protocol.same)
+            curves[split][name] = (missed_as_rejected(report.pop("scores")), protocol.same)
             entry[split] = report
         results["systems"][name] = entry
         ff, fp = entry["FF"], entry["FP"]

@@ -331,6 +331,15 @@ def _accept_rate(scores: np.ndarray, threshold: float) -> float:
     return float(np.mean(np.isnan(scores) | (scores >= threshold)))
 
 
+def missed_as_rejected(scores: np.ndarray) -> np.ndarray:
+    """Scores where a missed face (NaN) is rejected at every threshold, as a deployed system
+    treats it: a lost genuine pair lowers TAR, a lost impostor pair is not a false accept.
+    (`tar_at_far` on raw scores counts a lost impostor pair as a false accept instead, which
+    is why a protocol with more misses than its FAR budget reports an unreachable threshold.)"""
+    raw = np.asarray(scores, dtype=np.float64)
+    return np.where(np.isnan(raw), -np.inf, raw)
+
+
 def tar_at_far(
     scores: np.ndarray, same: np.ndarray, far_targets: Sequence[float] = FAR_TARGETS
 ) -> list[TarAtFar]:

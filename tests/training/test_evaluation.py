@@ -16,6 +16,7 @@ from training.evaluation import (
     best_threshold,
     eer,
     kfold_accuracy,
+    missed_as_rejected,
     open_set_report,
     plot_roc,
     plot_score_histograms,
@@ -424,3 +425,18 @@ def test_plots_write_png_files(tmp_path):
     for path in (roc, hist):
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_missed_faces_can_count_as_rejections_instead_of_false_accepts():
+    # 1,000 impostors with 5 misses: as false accepts they exhaust FAR 1e-3 (1 allowed)...
+    rng = np.random.default_rng(0)
+    impostors = rng.uniform(-1, 0.5, 1000)
+    impostors[:5] = np.nan
+    genuine = np.array([0.9, 0.8, np.nan, 0.7])
+    scores = np.concatenate([genuine, impostors])
+    same = np.arange(scores.size) < genuine.size
+    harsh = tar_at_far(scores, same, [1e-3])[0]
+    assert harsh.threshold == math.inf and harsh.tar == 0.0
+    # ...as rejections they cost only the genuine pair they belong to.
+    kind = tar_at_far(missed_as_rejected(scores), same, [1e-3])[0]
+    assert kind.tar == 0.75 and kind.far_achieved <= 1e-3
