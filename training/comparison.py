@@ -4,7 +4,7 @@
 
 Reads every RUNS_DIR/<name>/ that `scripts/compare-losses` produced (config.json,
 metrics.jsonl, eval/report.json and eval/scores-*.npz) and writes into DOCS:
-results.md (the table), results.json, roc.png (every run's ROC overlaid, per protocol),
+results.md (the table, also copied into DOCS/README.md between its results markers), results.json, roc.png (every run's ROC overlaid, per protocol),
 accuracy.png (10-fold accuracy per objective) and training.png (training curves).
 Runs that have not finished yet are listed as pending rather than silently left out.
 """
@@ -157,6 +157,19 @@ def markdown_table(rows: list[dict]) -> str:
     return header + "\n".join(lines) + "\n"
 
 
+RESULTS_BEGIN, RESULTS_END = "<!-- results: generated -->", "<!-- /results -->"
+
+
+def _replace_between_markers(readme: Path, table: str) -> Path:
+    """The README carries the latest table between markers, so the prose and the numbers it
+    discusses are never out of step with results.md."""
+    text = readme.read_text()
+    head, rest = text.split(RESULTS_BEGIN, 1)
+    _, tail = rest.split(RESULTS_END, 1)
+    readme.write_text(f"{head}{RESULTS_BEGIN}\n{table}{RESULTS_END}{tail}")
+    return readme
+
+
 def plot_rocs(runs: list[Run], out: Path) -> list[Path]:
     written = []
     for protocol in PROTOCOLS:
@@ -231,8 +244,12 @@ def write_comparison(runs_dir: Path, configs: Path, out: Path) -> list[Path]:
     rows = table_rows(runs)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "results.md").write_text(markdown_table(rows))
+    table = markdown_table(rows)
+    (out / "results.md").write_text(table)
     written = [out / "results.json", out / "results.md"]
+    readme = out / "README.md"
+    if readme.exists() and RESULTS_BEGIN in readme.read_text():
+        written.append(_replace_between_markers(readme, table))
     written += plot_rocs(runs, out)
     written.append(plot_accuracy(rows, out / "accuracy.png"))
     written.append(plot_training(runs, out / "training.png"))

@@ -34,7 +34,15 @@ def test_table_and_plots_from_real_runs(small_faces, tmp_path):
         checkpoint = str(runs / name / CHECKPOINT_NAME)
         assert main(["evaluate", checkpoint, "--pairs", str(pairs), "--out", str(out)]) == 0
 
-    written = write_comparison(runs, configs, tmp_path / "docs")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "README.md").write_text(
+        "# prose\n<!-- results: generated -->\nstale\n<!-- /results -->\nmore prose\n"
+    )
+    written = write_comparison(runs, configs, docs)
+    readme = (docs / "README.md").read_text()
+    assert "stale" not in readme and readme.endswith("more prose\n")
+    assert (docs / "results.md").read_text() in readme
 
     rows = json.loads((tmp_path / "docs" / "results.json").read_text())
     assert [r["run"] for r in rows] == ["01-softmax", "02-cosface", "03-arcface"]
