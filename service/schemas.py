@@ -182,8 +182,10 @@ class Deleted(BaseModel):
 
 class GalleryStats(BaseModel):
     subjects: int
-    templates: int
-    last_change: int
+    templates: int = Field(description="Templates in the store.")
+    indexed_templates: int = Field(description="Templates in this replica's search index.")
+    last_change: int = Field(description="The last store change this replica has applied.")
+    store_change: int = Field(description="The last change in the store (replica lag: the gap).")
     index_kind: str
     index_on_gpu: bool
 

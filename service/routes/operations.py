@@ -68,7 +68,9 @@ def info(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Info:
         stats = GalleryStats(
             subjects=s.subjects,
             templates=s.templates,
+            indexed_templates=s.indexed_templates,
             last_change=s.last_seq,
+            store_change=s.store_seq,
             index_kind=s.index_kind,
             index_on_gpu=s.gpu,
         )
