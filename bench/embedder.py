@@ -53,6 +53,38 @@ def _runners(args: argparse.Namespace) -> dict[str, Callable[[np.ndarray], objec
     return runners
 
 
+def matmul_peak_gmacs(threads: int, n: int = 1024, rounds: int = 7) -> float:
+    """This CPU's dense float32 matrix-multiply rate, in billions of multiply-accumulates per
+    second, through onnxruntime's own MatMul kernel (the one the model's layers run on) at
+    the same thread count: the practical ceiling for any network here."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "peak",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n]),
+        ],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options)
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    session.run(None, {"a": a, "b": a})
+    best = min(_timed(lambda: session.run(None, {"a": a, "b": a})) for _ in range(rounds))
+    return n**3 / best / 1e9
+
+
+def _timed(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", type=Path, nargs="+")
@@ -98,7 +130,24 @@ def main() -> None:
         )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{args.name}.json"
-    out.write_text(json.dumps({"threads": args.threads, "results": results}, indent=2) + "\n")
+    peak = matmul_peak_gmacs(args.threads)
+    print(f"matrix-multiply peak: {peak:.1f} GMAC/s at {args.threads} thread(s)")
+    for path in args.models:
+        macs = Embedder(path, threads=args.threads).contract.macs
+        if not macs:
+            continue
+        best = max(r["faces_per_s"] for r in results if r["model"].startswith(path.stem))
+        achieved = best * macs / 1e9
+        print(
+            f"{path.stem}: {macs / 1e9:.3f} GMAC per face x {best:.1f} faces/s = "
+            f"{achieved:.1f} GMAC/s, {100 * achieved / peak:.0f}% of the matmul peak"
+        )
+        for row in results:
+            if row["model"].startswith(path.stem):
+                row["gmac_per_s"] = row["faces_per_s"] * macs / 1e9
+                row["fraction_of_peak"] = row["gmac_per_s"] / peak
+    payload = {"threads": args.threads, "matmul_peak_gmac_per_s": peak, "results": results}
+    out.write_text(json.dumps(payload, indent=2) + "\n")
     _plot(results, RESULTS / f"{args.name}.png", args.threads)
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
