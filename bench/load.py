@@ -161,15 +161,23 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[2, 4, 8, 16, 32, 64])
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--configs", nargs="+", default=["batching on", "batching off"])
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="server setting, all configs",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "load")
     args = parser.parse_args()
+    common = dict(item.split("=", 1) for item in args.env)
 
     envs = {"batching on": {}, "batching off": {"FACEMARGIN_BATCH_MAX_SIZE": "1"}}
     images = photos()
-    report: dict = {"route": args.route, "seconds": args.seconds, "configs": {}}
+    report: dict = {"route": args.route, "seconds": args.seconds, "env": common, "configs": {}}
     for name in args.configs:
         with tempfile.TemporaryDirectory() as data_dir:
-            process, url = start_server(envs[name], Path(data_dir))
+            process, url = start_server(common | envs[name], Path(data_dir))
             try:
                 if args.route == "identify":  # a gallery to search
                     for i, image in enumerate(images[:20]):
