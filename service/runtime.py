@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,32 @@ log = logging.getLogger("facemargin")
 T = TypeVar("T")
 
 
+class QueueDelay:
+    """How long work has recently waited for a worker thread: an exponentially weighted mean
+    of the waits, forgotten when no work has started for `memory_s`.
+
+    This is what admission control watches (as CoDel watches a packet queue's sojourn time):
+    a count of requests in flight cannot tell a cheap request from an expensive one or a
+    quiet machine from a busy one, but the time work waits says directly how late new
+    arrivals would be served."""
+
+    def __init__(self, weight: float = 0.2, memory_s: float = 1.0) -> None:
+        self.weight = weight
+        self.memory_s = memory_s
+        self._mean = 0.0
+        self._last = -math.inf
+
+    def observe(self, wait_s: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        stale = now - self._last > self.memory_s
+        self._mean = wait_s if stale else self._mean + self.weight * (wait_s - self._mean)
+        self._last = now
+
+    def current(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        return self._mean if now - self._last <= self.memory_s else 0.0
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -42,6 +69,7 @@ class Runtime:
     gallery: Gallery | None = None
     gallery_error: FaceMarginError | None = None
     in_flight: int = field(default=0)
+    queue_delay: QueueDelay = field(default_factory=QueueDelay)
     reopen: asyncio.Task[None] | None = None
 
     @property
@@ -56,8 +84,13 @@ class Runtime:
     async def run(self, stage: str | None, function: Callable[..., T], *args: Any) -> T:
         """CPU or I/O work in the worker pool, timed as a pipeline stage when named."""
         start = time.perf_counter()
+
+        def started() -> T:
+            self.queue_delay.observe(time.perf_counter() - start)
+            return function(*args)
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, started)
         finally:
             if stage is not None:
                 self.metrics.stage.labels(stage).observe(time.perf_counter() - start)
@@ -65,12 +98,18 @@ class Runtime:
     @asynccontextmanager
     async def admitted(self) -> AsyncIterator[None]:
         """A slot of work, or 503 overloaded at once: a full server answers fast instead of
-        queueing requests until their clients give up."""
-        if self.in_flight >= self.settings.max_in_flight:
+        queueing requests until their clients give up. Full means too many requests in
+        flight, or work recently waiting longer than `max_queue_delay_ms` for a thread (the
+        first request in flight is always admitted, so the server cannot lock itself out)."""
+        waited = self.queue_delay.current()
+        if self.in_flight >= self.settings.max_in_flight or (
+            self.in_flight > 0 and waited * 1000 > self.settings.max_queue_delay_ms
+        ):
             self.metrics.shed.inc()
             raise Overloaded(
-                f"server busy ({self.in_flight} requests in progress); retry shortly",
-                {"in_flight": self.in_flight},
+                f"server busy ({self.in_flight} requests in progress, work waiting "
+                f"{waited * 1000:.0f} ms for a thread); retry shortly",
+                {"in_flight": self.in_flight, "queue_delay_ms": round(waited * 1000, 1)},
             )
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)

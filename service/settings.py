@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Requests doing work at once; more are refused with 503 at once.",
     )
+    max_queue_delay_ms: float = Field(
+        default=500,
+        gt=0,
+        description="Refuse new work with 503 while recent work has waited longer than this "
+        "for a worker thread (latency stays bounded past saturation).",
+    )
     faiss_threads: int = Field(
         default=1,
         ge=1,
