@@ -123,8 +123,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Longest a face waits for others to share its batch.",
     )
+    # 8 = twice the worker threads: enough to keep them busy, few enough that an admitted
+    # request waits about one batch of work (bench/load.py: p99 0.76 s at 16/s offered on
+    # 2 cores, against 3.0 s with 32).
     max_in_flight: int = Field(
-        default=32,
+        default=8,
         ge=1,
         description="Requests doing work at once; more are refused with 503 at once.",
     )
