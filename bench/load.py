@@ -18,55 +18,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+from live_server import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 CFP = ROOT.parent / "shared/data/val/cfp/Data/Images"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(env: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=os.environ | {"FACEMARGIN_DATA_DIR": str(data_dir)} | env,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit("server did not become ready")
 
 
 def photos(n: int = 40) -> list[bytes]:
@@ -177,7 +140,7 @@ def main() -> None:
     report: dict = {"route": args.route, "seconds": args.seconds, "env": common, "configs": {}}
     for name in args.configs:
         with tempfile.TemporaryDirectory() as data_dir:
-            process, url = start_server(common | envs[name], Path(data_dir))
+            process, url = start_server(Path(data_dir), common | envs[name])
             try:
                 if args.route == "identify":  # a gallery to search
                     for i, image in enumerate(images[:20]):

@@ -15,11 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,51 +23,11 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+from live_server import rss_mb, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
 CFP = ROOT.parent / "shared/data/val/cfp/Data/Images"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=os.environ | {"FACEMARGIN_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit("server did not become ready")
 
 
 def traffic(url: str, stop: threading.Event, codes: Counter, seed: int) -> None:
@@ -125,7 +81,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as data_dir:
-        process, url = start_server(Path(data_dir))
+        process, url = start_server(Path(data_dir), {"OMP_NUM_THREADS": "1"})
         stop = threading.Event()
         codes: Counter = Counter()
         workers = [
