@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from live_server import start_server
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,32 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--gallery", type=int, default=200)
-    parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
-    data_dir = tempfile.mkdtemp(prefix="facemargin-bench-")
-    url = f"http://127.0.0.1:{args.port}"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--port",
-            str(args.port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=REPO,
-        env=os.environ | {"FACEMARGIN_DATA_DIR": data_dir},
-    )
+    server, url = start_server(Path(tempfile.mkdtemp(prefix="facemargin-bench-")))
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
         for person in range(1, args.gallery + 1):
             files = [("images", ("a.jpg", photo(person, 1).read_bytes(), "image/jpeg"))]
             httpx.post(f"{url}/enroll", data={"subject_id": f"p{person}"}, files=files, timeout=60)
