@@ -64,7 +64,7 @@ class Side:
         return ~np.isnan(self.vectors).any(axis=1)
 
 
-def facemargin_side(model: Path) -> tuple[str, callable]:
+def facemargin_side(model: Path) -> tuple[str, int, callable]:
     settings = Settings(onnx_threads=1)
     detector = build_detector(settings)
     embedder = Embedder(model, threads=1)
@@ -83,7 +83,7 @@ def facemargin_side(model: Path) -> tuple[str, callable]:
             return None
         return embedder.embed(stack(photo.faces[:1])).vectors[0]
 
-    return embedder.contract.model_id, run
+    return embedder.contract.model_id, embedder.contract.embedding_dim, run
 
 
 def dlib_sides() -> tuple[callable, callable]:
@@ -103,6 +103,11 @@ def dlib_sides() -> tuple[callable, callable]:
         return face_recognition.face_encodings(image, known_face_locations=boxes)[0]
 
     return (lambda p: own(p, False)), (lambda p: own(p, True))
+
+
+def load_side(path: Path) -> Side:
+    with np.load(path) as cached:
+        return Side(cached["vectors"], cached["seconds"])
 
 
 def embed_all(
@@ -227,20 +232,16 @@ def main() -> None:
     )
     index = {p: i for i, p in enumerate(photos)}
 
-    model_id, ours = facemargin_side(args.model)
+    model_id, dim, ours = facemargin_side(args.model)
     own, fallback = dlib_sides()
     systems = {  # name: (runner, embedding size, cache file)
-        f"facemargin {model_id}": (ours, len(ours(args.cfp / photos[0])), f"facemargin-{model_id}"),
+        f"facemargin {model_id}": (ours, dim, f"facemargin-{model_id}"),
         "face_recognition": (own, 128, "dlib"),
         "face_recognition + whole-crop fallback": (fallback, 128, "dlib-fallback"),
     }
     args.cache.mkdir(parents=True, exist_ok=True)
     cache = {name: args.cache / f"{tag}-{len(photos)}.npz" for name, (_, _, tag) in systems.items()}
-    sides = {
-        name: Side(np.load(path)["vectors"], np.load(path)["seconds"])
-        for name, path in cache.items()
-        if path.exists()
-    }
+    sides = {name: load_side(path) for name, path in cache.items() if path.exists()}
     fresh = [name for name in systems if name not in sides]
     sides |= embed_all(
         [args.cfp / p for p in photos],

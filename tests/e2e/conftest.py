@@ -102,3 +102,11 @@ def gallery_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "FACEMARGIN_SYNC_INTERVAL_S": "0.2",
         "FACEMARGIN_MAX_QUEUE_DELAY_MS": "60000",
     } | extra
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    """One server with a scratch gallery per test module; modules needing other settings
+    define their own."""
+    with running(gallery_env(tmp_path_factory.mktemp("data"))) as process:
+        yield process

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DATA
-from tests.e2e.conftest import Server, gallery_env, running
+from tests.e2e.conftest import gallery_env, running
 
 CFP = DATA / "val" / "cfp" / "Data" / "Images"
 pytestmark = pytest.mark.skipif(not CFP.is_dir(), reason=f"CFP photos not found at {CFP}")
@@ -35,12 +34,6 @@ def reencoded(path: Path, quality: int = 80, scale: float = 0.9) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    with running(gallery_env(tmp_path_factory.mktemp("data"))) as process:
-        yield process
 
 
 def enroll(url: str, subject: str, paths: list[Path], **fields: str) -> httpx.Response:

@@ -7,23 +7,15 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import Server, gallery_env, running
 from tests.e2e.test_api import CFP, photo
 
 pytestmark = pytest.mark.skipif(not CFP.is_dir(), reason=f"CFP photos not found at {CFP}")
 
 SLOW_CLIENTS = 300
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
-    with running(gallery_env(tmp_path_factory.mktemp("data"))) as process:
-        yield process
 
 
 def open_slow_upload(port: int) -> socket.socket:
