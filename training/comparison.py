@@ -30,6 +30,8 @@ class Run:
     report: dict | None
     metrics: list[dict]
     folder: Path
+    # protocol: (pair scores with a missed face as a rejection, same-person flags)
+    pair_scores: dict[str, tuple[np.ndarray, np.ndarray]]
 
     @property
     def objective(self) -> str:
@@ -78,20 +80,30 @@ def load_runs(runs: Path, configs: Path) -> list[Run]:
                     if line.strip()
                 ],
                 folder=folder,
+                pair_scores=_pair_scores(folder / "eval"),
             )
         )
     return loaded
 
 
+def _pair_scores(eval_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The raw pair scores `facemargin evaluate` saved, read once per run. A missed face
+    counts as a rejection: the report's own TAR counts it as a false accept, and CFP's few
+    misses then exhaust a 1e-3 budget of 3,500 impostor pairs."""
+    found = {}
+    for protocol in PROTOCOLS:
+        path = eval_dir / f"scores-{protocol}.npz"
+        if path.exists():
+            with np.load(path) as data:
+                found[protocol] = (missed_as_rejected(data["scores"]), data["same"].astype(bool))
+    return found
+
+
 def _tar_missed_rejected(run: Run, protocol: str, far: float = 1e-3) -> float | None:
-    """TAR at `far` from the saved pair scores, a missed face counting as a rejection; the
-    report's own TAR counts it as a false accept, and CFP's few misses then exhaust a 1e-3
-    budget of 3,500 impostor pairs."""
-    path = run.folder / "eval" / f"scores-{protocol}.npz"
-    if not path.exists():
+    if protocol not in run.pair_scores:
         return None
-    data = np.load(path)
-    return tar_at_far(missed_as_rejected(data["scores"]), data["same"].astype(bool), [far])[0].tar
+    scores, same = run.pair_scores[protocol]
+    return tar_at_far(scores, same, [far])[0].tar
 
 
 def table_rows(runs: list[Run]) -> list[dict]:
@@ -175,13 +187,9 @@ def plot_rocs(runs: list[Run], out: Path) -> list[Path]:
     for protocol in PROTOCOLS:
         curves = {}
         for run in runs:
-            path = run.folder / "eval" / f"scores-{protocol}.npz"
-            if not path.exists():
-                continue
-            data = np.load(path)
-            scores = missed_as_rejected(data["scores"])
-            far, tar, _ = roc_curve(scores, data["same"].astype(bool))
-            curves[run.name] = (far, tar)
+            if protocol in run.pair_scores:
+                far, tar, _ = roc_curve(*run.pair_scores[protocol])
+                curves[run.name] = (far, tar)
         if curves:
             name = f"roc-{protocol.lower()}.png"
             written.append(
