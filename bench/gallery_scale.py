@@ -1,0 +1,203 @@
+"""Identify search at gallery scale: latency, memory and build time of the service's own
+`VectorIndex` at 10^4, 10^5 and 10^6 templates, exact against HNSW, with HNSW's recall@1
+measured against the exact index on the same probes.
+
+    python bench/gallery_scale.py                               # 10^4, 10^5, 10^6; 128-d
+    python bench/gallery_scale.py --sizes 10000 100000 --threads 2
+
+Synthetic templates as in `gallery_rebuild.py`: subjects with a random unit centre and five
+templates around it; probes are noisy copies of templates (cosine about 0.7, a typical
+genuine match). The centres are uniform on the sphere, the hardest case for an approximate
+index: real embeddings are far from isotropic (our model puts 90% of its variance in 16 of
+its 128 dimensions on CFP), which helps HNSW. So the recall here is a floor.
+
+Each (size, kind) runs in a fresh child process, so its resident-memory growth is the
+index's alone. One query at a time with top_k=5, as `/identify` asks for one face. Writes
+bench/results/gallery-scale.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+from gallery_rebuild import probes, synthetic_subjects
+from tqdm import tqdm
+
+from service.index import VectorIndex
+
+RESULTS = Path(__file__).parent / "results"
+PER_SUBJECT = 5
+ADD_CHUNK = 10_000
+
+
+def resident_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def one(size: int, kind: str, dim: int, queries: int, seed: int, scratch: Path) -> dict:
+    """Build one index and time single-query searches; top-1 ids go to scratch for recall."""
+    subjects = size // PER_SUBJECT
+    templates = np.concatenate(list(synthetic_subjects(subjects, PER_SUBJECT, dim, seed)))
+    probe = probes(templates, queries, seed)
+    ids = np.arange(len(templates), dtype=np.int64)
+    before = resident_mib()
+    index = VectorIndex(dim, kind)
+    started = time.perf_counter()
+    with tqdm(total=len(templates), desc=f"{kind} {size:,}", unit="vec", file=sys.stderr) as bar:
+        for start in range(0, len(templates), ADD_CHUNK):
+            index.add(ids[start : start + ADD_CHUNK], templates[start : start + ADD_CHUNK])
+            bar.update(min(ADD_CHUNK, len(templates) - start))
+    build = time.perf_counter() - started
+    memory = resident_mib() - before
+    index.search(probe[:10], 5)  # warm-up
+    latencies, top1 = [], []
+    for query in probe:
+        started = time.perf_counter()
+        _, found = index.search(query[None], 5)
+        latencies.append(time.perf_counter() - started)
+        top1.append(found[0, 0])
+    np.save(scratch / f"{kind}-{size}.npy", np.array(top1))
+    ms = 1000 * np.array(latencies)
+    return {
+        "size": size,
+        "kind": kind,
+        "build_s": build,
+        "memory_mib": memory,
+        "bytes_per_template": memory * 2**20 / size,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (latency, memory) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for kind, colour in (("exact", "tab:blue"), ("hnsw", "tab:orange")):
+        mine = [r for r in rows if r["kind"] == kind]
+        sizes = [r["size"] for r in mine]
+        latency.plot(sizes, [r["p50_ms"] for r in mine], "o-", color=colour, label=f"{kind} p50")
+        latency.plot(
+            sizes, [r["p99_ms"] for r in mine], "o--", color=colour, alpha=0.5, label=f"{kind} p99"
+        )
+        memory.plot(sizes, [r["memory_mib"] for r in mine], "o-", color=colour, label=kind)
+        for r in mine:
+            if "recall_at_1" in r:
+                latency.annotate(
+                    f"recall@1 {r['recall_at_1']:.3f}",
+                    (r["size"], r["p50_ms"]),
+                    textcoords="offset points",
+                    xytext=(4, -12),
+                    fontsize=8,
+                )
+    latency.axhline(10, color="grey", linestyle=":", label="10 ms target")
+    for axes, title, unit in (
+        (latency, "single-query search, top_k=5", "ms"),
+        (memory, "index memory (resident growth)", "MiB"),
+    ):
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("templates")
+        axes.set_ylabel(unit)
+        axes.set_title(title)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--kinds", nargs="+", default=["exact", "hnsw"])
+    parser.add_argument("--dim", type=int, default=128, help="the shipped model's size")
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1, help="faiss OpenMP threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "gallery-scale")
+    parser.add_argument(
+        "--one", nargs=3, metavar=("SIZE", "KIND", "SCRATCH"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(args.threads)
+    if args.one:
+        size, kind, scratch = args.one
+        row = one(int(size), kind, args.dim, args.queries, args.seed, Path(scratch))
+        print(json.dumps(row))
+        return
+    if "exact" not in args.kinds:
+        parser.error("recall@1 is measured against exact: keep it in --kinds")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"faiss {faiss.__version__} with {args.threads} thread(s); {args.dim}-d, "
+        f"{args.queries} single-query searches per index"
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for size in args.sizes:
+            for kind in args.kinds:
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    str(size),
+                    kind,
+                    scratch,
+                    "--dim",
+                    str(args.dim),
+                    "--queries",
+                    str(args.queries),
+                    "--threads",
+                    str(args.threads),
+                    "--seed",
+                    str(args.seed),
+                ]
+                finished = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+                row = json.loads(finished.stdout.strip().splitlines()[-1])
+                if kind != "exact":
+                    exact = np.load(Path(scratch) / f"exact-{size}.npy")
+                    row["recall_at_1"] = float(
+                        np.mean(np.load(Path(scratch) / f"{kind}-{size}.npy") == exact)
+                    )
+                rows.append(row)
+                recall = f", recall@1 {row['recall_at_1']:.3f}" if "recall_at_1" in row else ""
+                print(
+                    f"{kind:5s} {size:>9,}: build {row['build_s']:7.1f} s, "
+                    f"memory {row['memory_mib']:7.0f} MiB ({row['bytes_per_template']:.0f} B/template), "
+                    f"search p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms, "
+                    f"p99 {row['p99_ms']:.2f} ms{recall}",
+                    flush=True,
+                )
+    report = {
+        "machine": platform.node(),
+        "cores": os.cpu_count(),
+        "threads": args.threads,
+        "dim": args.dim,
+        "queries": args.queries,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
