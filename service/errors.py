@@ -40,6 +40,13 @@ class UnsupportedImageType(FaceMarginError):
     http_status = 415
 
 
+class UnsupportedBody(FaceMarginError):
+    """The request body is not multipart/form-data (JSON with base64 photos, raw bytes)."""
+
+    code = "unsupported_media_type"
+    http_status = 415
+
+
 class NoFace(FaceMarginError):
     code = "face_not_found"
     http_status = 422

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, Header, UploadFile
+from fastapi import Depends, Header, Request, UploadFile
 
 from service.detection import Face
-from service.errors import ImageTooLarge, ThresholdUnavailable
+from service.errors import ImageTooLarge, ThresholdUnavailable, UnsupportedBody
 from service.faces import PhotoFaces, Policy, read_faces
 from service.preprocess import AlignedFace
 from service.runtime import Runtime, get_runtime
@@ -26,6 +26,18 @@ async def authorize(
     name = runtime.keys.identify(api_key)
     runtime.limiter.check(name)
     return name
+
+
+async def multipart_body(request: Request) -> None:
+    """Photos travel as multipart uploads: raw bytes, with no base64 inflation (a third more
+    to send, parse and hold). Any other body (a JSON document of base64 photos, a bare image)
+    gets a 415 that says what to send, not a 422 listing every form field as missing."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise UnsupportedBody(
+            f"send photos as multipart/form-data, not {kind or 'a body without a content type'}",
+            {"content_type": kind or None, "expected": "multipart/form-data"},
+        )
 
 
 async def read_upload(upload: UploadFile, runtime: Runtime) -> bytes:

@@ -14,6 +14,7 @@ from service.routes.common import (
     cosine,
     describe,
     faces_of,
+    multipart_body,
     operating_point,
     read_upload,
     used_face,
@@ -39,7 +40,7 @@ FarForm = Annotated[
 ]
 
 
-@router.post("/verify", response_model=VerifyResponse)
+@router.post("/verify", response_model=VerifyResponse, dependencies=[Depends(multipart_body)])
 async def verify(
     image1: Photo,
     image2: Photo,
@@ -73,7 +74,7 @@ async def verify(
     )
 
 
-@router.post("/embed", response_model=EmbedResponse)
+@router.post("/embed", response_model=EmbedResponse, dependencies=[Depends(multipart_body)])
 async def embed(
     image: Photo,
     runtime: Annotated[Runtime, Depends(get_runtime)],
@@ -100,7 +101,7 @@ async def embed(
     )
 
 
-@router.post("/detect", response_model=DetectResponse)
+@router.post("/detect", response_model=DetectResponse, dependencies=[Depends(multipart_body)])
 async def detect(image: Photo, runtime: Annotated[Runtime, Depends(get_runtime)]) -> DetectResponse:
     """Every face in the photo with its box, five landmarks and detector score."""
     settings = runtime.settings

@@ -18,7 +18,14 @@ from service.errors import (
 )
 from service.faces import PhotoFaces, Policy, stack
 from service.gallery import NewTemplate
-from service.routes.common import authorize, describe, faces_of, operating_point, used_face
+from service.routes.common import (
+    authorize,
+    describe,
+    faces_of,
+    multipart_body,
+    operating_point,
+    used_face,
+)
 from service.runtime import Runtime, get_runtime
 from service.schemas import (
     SUBJECT_ID_PATTERN,
@@ -56,7 +63,7 @@ def _metadata(raw: str | None) -> dict[str, Any] | None:
     return value
 
 
-@router.post("/enroll", response_model=EnrollResponse)
+@router.post("/enroll", response_model=EnrollResponse, dependencies=[Depends(multipart_body)])
 async def enroll(
     runtime: Annotated[Runtime, Depends(get_runtime)],
     subject_id: Annotated[str, Form(pattern=SUBJECT_ID_PATTERN)],
@@ -168,7 +175,7 @@ def _conflict(runtime: Runtime, subject_id: str, vector: np.ndarray) -> FaceMarg
     return None
 
 
-@router.post("/identify", response_model=IdentifyResponse)
+@router.post("/identify", response_model=IdentifyResponse, dependencies=[Depends(multipart_body)])
 async def identify(
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP photo.")],
     runtime: Annotated[Runtime, Depends(get_runtime)],

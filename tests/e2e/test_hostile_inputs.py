@@ -6,6 +6,7 @@ The corpus is built in code from real CFP photos, so nothing derived from the da
 
 from __future__ import annotations
 
+import base64
 import io
 import random
 import struct
@@ -195,6 +196,31 @@ def test_oversized_bodies_are_cut_off_without_reading_them(server):
     )
     assert_structured(response, {413}, "chunked oversized body")
     assert seconds < 3 * SECONDS
+
+
+def test_base64_json_bodies_get_a_415_or_413_quickly(server):
+    """Photos come as multipart only: a JSON body of base64 photos is told what to send, and
+    one over the body cap is cut off like any other oversized body."""
+    face = base64.b64encode(photo(1).read_bytes()).decode()
+    for route, body in (
+        ("/verify", {"image1": face, "image2": face}),
+        ("/identify", {"image": face}),
+        ("/enroll", {"subject_id": "mallory", "images": [face]}),
+        ("/detect", {"image": face}),
+    ):
+        response, seconds = timed(
+            lambda: httpx.post(server.url + route, json=body, timeout=30)  # noqa: B023
+        )
+        assert_structured(response, {415}, f"base64 JSON to {route}")
+        assert response.json()["error"]["details"]["expected"] == "multipart/form-data"
+        assert seconds < SECONDS
+    oversized = {"image": base64.b64encode(b"\xff\xd8" + b"\0" * 2 * BODY_CAP).decode()}
+    response, seconds = timed(
+        lambda: httpx.post(server.url + "/identify", json=oversized, timeout=30)
+    )
+    assert_structured(response, {413}, "oversized base64 JSON")
+    assert seconds < SECONDS
+    assert httpx.get(server.url + "/subjects/mallory", timeout=10).status_code == 404
 
 
 def test_thousands_of_form_fields_get_a_4xx(server):
