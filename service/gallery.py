@@ -88,6 +88,7 @@ class GalleryStats:
     last_seq: int  # the last change this replica applied
     store_seq: int  # the last change in the store
     index_kind: str
+    hnsw_ef_search: int | None  # None for the exact kind
     gpu: bool
     model_id: str
     embedding_dim: int
@@ -96,12 +97,15 @@ class GalleryStats:
 class Gallery:
     """Subjects and their face templates, searchable by cosine similarity. Thread-safe."""
 
-    def __init__(self, store: Store, index_kind: IndexKind | str, use_gpu: bool) -> None:
+    def __init__(
+        self, store: Store, index_kind: IndexKind | str, use_gpu: bool, hnsw_ef_search: int
+    ) -> None:
         """Use `Gallery.open`; this starts with an empty index."""
         self._store = store
-        self._templates = VectorIndex(store.embedding_dim, index_kind, use_gpu)
+        dim = store.embedding_dim
+        self._templates = VectorIndex(dim, index_kind, use_gpu, ef_search=hnsw_ef_search)
         # Each subject's normalised mean template, under the subject's code.
-        self._means = VectorIndex(store.embedding_dim, index_kind, use_gpu)
+        self._means = VectorIndex(dim, index_kind, use_gpu, ef_search=hnsw_ef_search)
         # Subjects get small integer codes: template id -> code is then one int32 array.
         self._owner = np.full(1024, -1, dtype=np.int32)
         self._codes: dict[str, int] = {}
@@ -122,13 +126,14 @@ class Gallery:
         embedding_dim: int,
         index_kind: IndexKind | str = IndexKind.exact,
         use_gpu: bool = False,
+        hnsw_ef_search: int = 128,
     ) -> Gallery:
         """Open (creating or migrating) the store, bind it to `model_id` and rebuild the index.
 
         Raises ModelMismatch when the store holds embeddings of another model."""
         store = Store.open(database_url, model_id, embedding_dim)
         try:
-            gallery = cls(store, index_kind, use_gpu)
+            gallery = cls(store, index_kind, use_gpu, hnsw_ef_search)
             gallery._load()
         except BaseException:
             store.close()
@@ -369,6 +374,9 @@ class Gallery:
             last_seq=self._last_seq,
             store_seq=counts.seq,
             index_kind=str(self._templates.kind),
+            hnsw_ef_search=(
+                self._templates.ef_search if self._templates.kind is IndexKind.hnsw else None
+            ),
             gpu=self._templates.on_gpu,
             model_id=self.model_id,
             embedding_dim=self.embedding_dim,

@@ -182,6 +182,9 @@ class _Tombstoned:
             fetch = min(2 * fetch, ceiling)
         return similarities, ids
 
+    def faiss_index(self) -> faiss.Index:
+        return self._index
+
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         positions = np.array([self._positions[i] for i in ids.tolist()], dtype=np.int64)
         return self._index.reconstruct_batch(positions)
@@ -201,6 +204,7 @@ class VectorIndex:
     ) -> None:
         self.dim = dim
         self.kind = IndexKind(kind)
+        self._ef_search = ef_search
         self.on_gpu = use_gpu and self.kind is IndexKind.exact and faiss.get_num_gpus() > 0
         if use_gpu and not self.on_gpu:
             log.info("%s index on the CPU: faiss has no GPU for it", self.kind)
@@ -208,6 +212,7 @@ class VectorIndex:
         self._gpu_search: AbstractContextManager[object] = nullcontext()
         self.max_k = sys.maxsize
         self._backend: _Backend
+        self._hnsw: _Tombstoned | None = None
         if self.on_gpu:
             resources = faiss.StandardGpuResources()
             self._gpu_search = threading.Lock()
@@ -222,10 +227,11 @@ class VectorIndex:
             def make_hnsw() -> faiss.Index:
                 index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
                 index.hnsw.efConstruction = ef_construction
-                index.hnsw.efSearch = ef_search
+                index.hnsw.efSearch = self._ef_search
                 return index
 
-            self._backend = _Tombstoned(make_hnsw, sys.maxsize, max_dead_fraction)
+            self._hnsw = _Tombstoned(make_hnsw, sys.maxsize, max_dead_fraction)
+            self._backend = self._hnsw
         else:
             self._backend = _IdMapped(dim)
 
@@ -237,6 +243,21 @@ class VectorIndex:
     def __contains__(self, item: int) -> bool:
         with self._lock.read():
             return int(item) in self._backend
+
+    @property
+    def ef_search(self) -> int:
+        """HNSW's search breadth: higher finds the true nearest more often, at a cost in time
+        about proportional to it (bench/gallery_scale.py measures both)."""
+        return self._ef_search
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"ef_search must be at least 1, not {value}")
+        with self._lock.write():
+            self._ef_search = int(value)
+            if self._hnsw is not None:
+                self._hnsw.faiss_index().hnsw.efSearch = self._ef_search
 
     @property
     def tombstones(self) -> int:

@@ -138,6 +138,7 @@ def open_gallery(
             embedding_dim=contract.embedding_dim,
             index_kind=settings.index_kind.value,
             use_gpu=settings.provider.value != "cpu",
+            hnsw_ef_search=settings.hnsw_ef_search,
         )
     except GalleryError as error:  # model_mismatch: the gallery was filled by another model
         return None, error

@@ -187,6 +187,7 @@ class GalleryStats(BaseModel):
     last_change: int = Field(description="The last store change this replica has applied.")
     store_change: int = Field(description="The last change in the store (replica lag: the gap).")
     index_kind: str
+    hnsw_ef_search: int | None = Field(description="HNSW's search breadth; null when exact.")
     index_on_gpu: bool
 
 

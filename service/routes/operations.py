@@ -72,6 +72,7 @@ def info(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Info:
             last_change=s.last_seq,
             store_change=s.store_seq,
             index_kind=s.index_kind,
+            hnsw_ef_search=s.hnsw_ef_search,
             index_on_gpu=s.gpu,
         )
     return Info(

@@ -73,6 +73,12 @@ class GalleryBehaviour:
         with Gallery.open(database_url, MODEL, DIM, kind) as gallery:
             yield gallery
 
+    def test_stats_name_the_index_and_its_search_breadth(self, database_url, kind):
+        with Gallery.open(database_url, MODEL, DIM, kind, hnsw_ef_search=300) as gallery:
+            stats = gallery.stats()
+        assert stats.index_kind == kind
+        assert stats.hnsw_ef_search == (300 if kind == "hnsw" else None)
+
     def test_another_model_is_refused(self, database_url, gallery):
         with pytest.raises(ModelMismatch):
             Gallery.open(database_url, "model-b", DIM)

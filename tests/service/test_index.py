@@ -97,6 +97,38 @@ def test_hnsw_recall_at_1_matches_exact():
     assert recall >= 0.95, recall
 
 
+def test_hnsw_ef_search_trades_recall_and_reaches_a_rebuilt_graph():
+    rng = np.random.default_rng(4)
+    vectors = unit(rng, 4000)
+    ids = np.arange(4000, dtype=np.int64)
+    queries = unit(rng, 400)
+    hnsw = VectorIndex(DIM, "hnsw", ef_search=1)
+    hnsw.add(ids, vectors)
+
+    def recall(live: np.ndarray) -> float:
+        exact = VectorIndex(DIM, "exact")
+        exact.add(live, vectors[live])
+        _, truth = exact.search(queries, 1)
+        _, approx = hnsw.search(queries, 1)
+        return float((truth[:, 0] == approx[:, 0]).mean())
+
+    narrow = recall(ids)
+    hnsw.ef_search = 256
+    wide = recall(ids)
+    assert wide >= 0.98 and narrow < wide - 0.1, (narrow, wide)
+
+    # A quarter removed passes the tombstone limit: the graph is rebuilt from the live vectors
+    # and must keep the breadth that was set, and take a new one.
+    live = ids[1000:]
+    hnsw.remove(ids[:1000])
+    assert hnsw.tombstones == 0 and hnsw.ef_search == 256
+    assert recall(live) >= 0.98
+    hnsw.ef_search = 1
+    assert recall(live) < wide - 0.1
+    with pytest.raises(ValueError):
+        hnsw.ef_search = 0
+
+
 def test_hnsw_tombstones_never_come_back_and_results_stay_full():
     rng = np.random.default_rng(2)
     index, ids, vectors = filled("hnsw", 2000, seed=2)
