@@ -111,13 +111,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
     figure, (latency, recall, memory) = plt.subplots(1, 3, figsize=(15, 4.4))
     labels = list(dict.fromkeys(r["label"] for r in rows))
-    for label in labels:
+    for label, colour in zip(labels, plt.get_cmap("tab10").colors, strict=False):
         mine = [r for r in rows if r["label"] == label]
         sizes = [r["size"] for r in mine]
-        line = latency.plot(sizes, [r["p50_ms"] for r in mine], "o-", label=f"{label} p50")[0]
-        latency.plot(sizes, [r["p99_ms"] for r in mine], "--", color=line.get_color(), alpha=0.5)
+        latency.plot(sizes, [r["p50_ms"] for r in mine], "o-", color=colour, label=f"{label} p50")
+        latency.plot(sizes, [r["p99_ms"] for r in mine], "--", color=colour, alpha=0.5)
         if label != "exact":
-            recall.plot(sizes, [r["recall_at_1"] for r in mine], "o-", label=label)
+            recall.plot(sizes, [r["recall_at_1"] for r in mine], "o-", color=colour, label=label)
     for kind in dict.fromkeys(r["kind"] for r in rows):
         first = {r["size"]: r for r in reversed(rows) if r["kind"] == kind}
         sizes = sorted(first)
