@@ -21,8 +21,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    """Start the server and wait until /ready answers; (process, base URL)."""
+def start_server(
+    data_dir: Path, env: dict[str, str] | None = None, cpus: set[int] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Start the server and wait until /ready answers; (process, base URL). `cpus` pins it
+    (and its threads) to those cores, so a load generator on the others cannot slow it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
@@ -37,6 +40,7 @@ def start_server(data_dir: Path, env: dict[str, str] | None = None) -> tuple[sub
             "warning",
         ],
         cwd=ROOT,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         env=os.environ | {"FACEMARGIN_DATA_DIR": str(data_dir)} | (env or {}),
     )
     deadline = time.monotonic() + 120

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import tempfile
 import time
@@ -131,16 +132,35 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="server setting, all configs",
     )
+    parser.add_argument(
+        "--server-cpus",
+        type=int,
+        nargs="+",
+        help="pin the server to these cores and this load generator to the rest, so overload "
+        "measures the server and not a generator starved of CPU",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "load")
     args = parser.parse_args()
+    server_cpus = set(args.server_cpus or [])
+    if server_cpus:
+        rest = os.sched_getaffinity(0) - server_cpus
+        if not rest:
+            parser.error("--server-cpus must leave a core for the load generator")
+        os.sched_setaffinity(0, rest)
     common = dict(item.split("=", 1) for item in args.env)
 
     envs = {"batching on": {}, "batching off": {"FACEMARGIN_BATCH_MAX_SIZE": "1"}}
     images = photos()
-    report: dict = {"route": args.route, "seconds": args.seconds, "env": common, "configs": {}}
+    report: dict = {
+        "route": args.route,
+        "seconds": args.seconds,
+        "env": common,
+        "server_cpus": sorted(server_cpus) or None,
+        "configs": {},
+    }
     for name in args.configs:
         with tempfile.TemporaryDirectory() as data_dir:
-            process, url = start_server(Path(data_dir), common | envs[name])
+            process, url = start_server(Path(data_dir), common | envs[name], server_cpus or None)
             try:
                 if args.route == "identify":  # a gallery to search
                     for i, image in enumerate(images[:20]):
