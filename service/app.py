@@ -177,6 +177,33 @@ class BodySizeLimit:
             await refusal(scope, receive, send)
 
 
+class ShedBeforeBody:
+    """Refuse an upload (every POST) with 503 from its headers while the server is full.
+
+    The route's own check would refuse only after the whole body had arrived and been parsed
+    on the event loop; refused here, the body is never read, so an overloaded server spends
+    nothing on uploads it will not serve. The route's check still grants the slots, so a
+    request that passes here can be refused there, never the other way round; a slow
+    uploader holds no slot while it trickles (its slot is taken after its body)."""
+
+    def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = getattr(self.fastapi_app.state, "runtime", None)
+        if scope["type"] == "http" and scope["method"] == "POST" and runtime is not None:
+            refusal = runtime.overload()
+            if refusal is not None:
+                runtime.metrics.shed.inc()
+                response = error_response(
+                    scope, refusal.http_status, refusal.code, refusal.message, refusal.details
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -243,6 +270,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(faces.router)
     app.include_router(gallery.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ShedBeforeBody, fastapi_app=app)
     app.add_middleware(RequestContext, fastapi_app=app)
     return app
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -258,6 +261,68 @@ def test_a_full_server_sheds_load_at_once(tmp_path):
         shed = [seconds for status, _, seconds in results if status == 503]
         served = [seconds for status, _, seconds in results if status == 200]
         assert max(shed) < max(served)  # refused at once, not after queueing
+
+
+def large_jpeg(person: int, size: tuple[int, int] = (1920, 1440)) -> bytes:
+    out = io.BytesIO()
+    Image.open(photo(person, 1)).convert("RGB").resize(size).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_a_full_server_refuses_an_upload_before_reading_its_body(tmp_path):
+    """While the only slot is taken, an upload is refused from its headers: the 503 comes
+    back although the client has sent only the start of the 1 MB body it announced."""
+    env = gallery_env(tmp_path) | {"FACEMARGIN_MAX_IN_FLIGHT": "1"}
+    photos = [large_jpeg(p) for p in range(1, 21)]  # MTCNN on 20 large photos: seconds
+    with running(env) as server:
+        held = {}
+        files = [("images", (f"{i}.jpg", data, "image/jpeg")) for i, data in enumerate(photos)]
+        holder = threading.Thread(
+            target=lambda: held.update(
+                response=httpx.post(
+                    f"{server.url}/enroll", data={"subject_id": "holder"}, files=files, timeout=60
+                )
+            )
+        )
+        holder.start()
+        deadline = time.monotonic() + 30
+        while "facemargin_in_flight 1.0" not in httpx.get(f"{server.url}/metrics").text:
+            assert time.monotonic() < deadline, "the enrolment never took the slot"
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+            conn.sendall(
+                b"POST /identify HTTP/1.1\r\nHost: test\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 1000000\r\n\r\n--b\r\n"
+            )
+            reply = b""
+            while b"overloaded" not in reply:
+                chunk = conn.recv(65536)  # a timeout here: the server waited for the body
+                assert chunk, reply
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
+        holder.join()
+        assert held["response"].status_code == 200, held["response"].text
+
+
+def thread_nice_values(pid: int) -> dict[int, int]:
+    """Each thread's nice value (field 19 of /proc/PID/task/TID/stat)."""
+    values = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        values[int(task.name)] = int(fields[16])
+    return values
+
+
+def test_workers_run_below_the_event_loop(server):
+    """Detection and embedding threads yield the CPU to the thread that accepts and refuses
+    requests, so an overloaded server still answers at once."""
+    response = httpx.post(f"{server.url}/detect", files=[upload(photo(3))], timeout=60)
+    assert response.status_code == 200  # the worker threads start with the first job
+    pid = server.process.pid
+    nice = thread_nice_values(pid)
+    loop = nice[pid]  # uvicorn's event loop runs on the main thread
+    assert min(loop + 10, 19) in nice.values(), nice
+    assert loop == os.getpriority(os.PRIO_PROCESS, 0), "the server itself must not be reniced"
 
 
 def test_a_gallery_refuses_another_models_embeddings(tmp_path):
