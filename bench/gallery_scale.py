@@ -33,6 +33,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 from gallery_rebuild import probes, synthetic_subjects
+from live_server import rss_mb
 from tqdm import tqdm
 
 from service.index import VectorIndex
@@ -40,13 +41,6 @@ from service.index import VectorIndex
 RESULTS = Path(__file__).parent / "results"
 PER_SUBJECT = 5
 ADD_CHUNK = 10_000
-
-
-def resident_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def timed_searches(index: VectorIndex, probe: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +64,7 @@ def one(
     templates = np.concatenate(list(synthetic_subjects(subjects, PER_SUBJECT, dim, seed)))
     probe = probes(templates, queries, seed)
     ids = np.arange(len(templates), dtype=np.int64)
-    before = resident_mib()
+    before = rss_mb(os.getpid())
     index = VectorIndex(dim, kind)
     started = time.perf_counter()
     with tqdm(total=len(templates), desc=f"{kind} {size:,}", unit="vec", file=sys.stderr) as bar:
@@ -78,7 +72,7 @@ def one(
             index.add(ids[start : start + ADD_CHUNK], templates[start : start + ADD_CHUNK])
             bar.update(min(ADD_CHUNK, len(templates) - start))
     build = time.perf_counter() - started
-    memory = resident_mib() - before
+    memory = rss_mb(os.getpid()) - before
     rows = []
     for breadth in breadths if kind == "hnsw" else [None]:
         if breadth is not None:

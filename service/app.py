@@ -193,9 +193,8 @@ class ShedBeforeBody:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = getattr(self.fastapi_app.state, "runtime", None)
         if scope["type"] == "http" and scope["method"] == "POST" and runtime is not None:
-            refusal = runtime.overload()
+            refusal = runtime.shed()
             if refusal is not None:
-                runtime.metrics.shed.inc()
                 response = error_response(
                     scope, refusal.http_status, refusal.code, refusal.message, refusal.details
                 )

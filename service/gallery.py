@@ -374,9 +374,7 @@ class Gallery:
             last_seq=self._last_seq,
             store_seq=counts.seq,
             index_kind=str(self._templates.kind),
-            hnsw_ef_search=(
-                self._templates.ef_search if self._templates.kind is IndexKind.hnsw else None
-            ),
+            hnsw_ef_search=self._templates.ef_search,
             gpu=self._templates.on_gpu,
             model_id=self.model_id,
             embedding_dim=self.embedding_dim,

@@ -245,19 +245,20 @@ class VectorIndex:
             return int(item) in self._backend
 
     @property
-    def ef_search(self) -> int:
-        """HNSW's search breadth: higher finds the true nearest more often, at a cost in time
-        about proportional to it (bench/gallery_scale.py measures both)."""
-        return self._ef_search
+    def ef_search(self) -> int | None:
+        """HNSW's search breadth (None for other kinds): higher finds the true nearest more
+        often, at a cost in time about proportional to it (bench/gallery_scale.py)."""
+        return self._ef_search if self._hnsw is not None else None
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
+        if self._hnsw is None:
+            raise ValueError(f"a {self.kind} index has no ef_search")
         if value < 1:
             raise ValueError(f"ef_search must be at least 1, not {value}")
         with self._lock.write():
             self._ef_search = int(value)
-            if self._hnsw is not None:
-                self._hnsw.faiss_index().hnsw.efSearch = self._ef_search
+            self._hnsw.faiss_index().hnsw.efSearch = self._ef_search
 
     @property
     def tombstones(self) -> int:

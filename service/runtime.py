@@ -97,14 +97,15 @@ class Runtime:
             if stage is not None:
                 self.metrics.stage.labels(stage).observe(time.perf_counter() - start)
 
-    def overload(self) -> Overloaded | None:
-        """Why new work would be refused now, or None. Full means too many requests in
+    def shed(self) -> Overloaded | None:
+        """The refusal new work gets now, counted as shed, or None. Full means too many requests in
         flight, or work recently waiting longer than `max_queue_delay_ms` for a thread (the
         first request in flight is always admitted, so the server cannot lock itself out)."""
         waited = self.queue_delay.current()
         if self.in_flight >= self.settings.max_in_flight or (
             self.in_flight > 0 and waited * 1000 > self.settings.max_queue_delay_ms
         ):
+            self.metrics.shed.inc()
             return Overloaded(
                 f"server busy ({self.in_flight} requests in progress, work waiting "
                 f"{waited * 1000:.0f} ms for a thread); retry shortly",
@@ -116,9 +117,8 @@ class Runtime:
     async def admitted(self) -> AsyncIterator[None]:
         """A slot of work, or 503 overloaded at once: a full server answers fast instead of
         queueing requests until their clients give up."""
-        refusal = self.overload()
+        refusal = self.shed()
         if refusal is not None:
-            self.metrics.shed.inc()
             raise refusal
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
