@@ -52,6 +52,7 @@ def training_summary(
         steps=state.get("global_step"),
         seed=config.seed,
         checkpoint_sha256=file_sha256(checkpoint),
+        initialised_from=payload.get("initialised_from"),
     )
 
 

@@ -47,8 +47,8 @@ class EmbeddingNetwork(nn.Module):
 
 def export_embedding_network(backbone: nn.Module, path: Path, opset: int = DEFAULT_OPSET) -> Path:
     """Trace and write the network with a dynamic batch dimension; checked by onnx.checker.
-    The exporter's optimiser folds constants; batch-norm folding is left to onnxruntime,
-    which does it at load time without changing the file's arithmetic contract."""
+    The exporter's optimiser folds constants, batch norms into the convolution or linear
+    layer before them included (training/warm_start.py undoes that to train on)."""
     network = EmbeddingNetwork(backbone).eval()
     # Trace with batch 2: a batch of 1 would be specialised away as a constant.
     dummy = torch.zeros(2, 112, 112, 3, dtype=torch.uint8)

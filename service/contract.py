@@ -61,6 +61,9 @@ class TrainingSummary(_Strict):
     steps: int | None = None
     seed: int | None = None
     checkpoint_sha256: str | None = None
+    initialised_from: str | None = Field(
+        None, description="Model id of the exported model the run started from, if any."
+    )
 
 
 class OperatingPoint(_Strict):

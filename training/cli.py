@@ -73,6 +73,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, help="run folder")
     train.add_argument("--backbone", help="iresnet18/34/50/100, mobilefacenet, sphereface20")
     train.add_argument("--embedding-dim", type=int)
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        help="start from an exported model (e.g. models/embedder.onnx) instead of random weights",
+    )
     train.add_argument("--head", help="margin head, or 'none' with a metric loss")
     train.add_argument(
         "--head-param",
@@ -120,6 +125,7 @@ def _run_train(args: argparse.Namespace) -> int:
             "out",
             "backbone",
             "embedding_dim",
+            "init_from",
             "head",
             "loss",
             "optimizer",

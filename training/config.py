@@ -21,6 +21,11 @@ class TrainConfig(BaseModel):
     backbone: str = "iresnet18"
     embedding_dim: int = Field(512, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    init_from: Path | None = Field(
+        None,
+        description="An exported facemargin ONNX model (fp32) to start from instead of random "
+        "weights: its backbone weights are put back, the head is imprinted from class means.",
+    )
     head: str | None = Field(
         "arcface", description="Softmax-family head; none for pure metric losses."
     )

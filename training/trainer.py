@@ -33,6 +33,12 @@ from training.embedder import embed_dataset
 from training.evaluation import kfold_accuracy
 from training.heads import build_head
 from training.losses import build_loss
+from training.warm_start import class_means, load_exported
+
+# Faces whose statistics re-express a warm start's folded batch norms (one forward pass).
+WARM_START_FACES = 256
+# Faces per identity whose mean embedding imprints a warm start's head.
+IMPRINT_FACES = 4
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -129,10 +135,14 @@ class Trainer:
         self.train_index, self.val_index = split_by_identity(full, config.held_out, config.seed)
         self.dataset = FaceDataset(self.train_index, augmenting=True, seed=config.seed)
 
-        self.backbone = build_backbone(config.backbone, config.embedding_dim, config.dropout).to(
-            self.device
-        )
-        self.objective = Objective(config, self.train_index.num_classes).to(self.device)
+        self.backbone = build_backbone(config.backbone, config.embedding_dim, config.dropout)
+        self.objective = Objective(config, self.train_index.num_classes)
+        # The model id of the exported model this run started from, if any.
+        self.initialised_from: str | None = None
+        if config.init_from is not None and not self.checkpoint_path.exists():
+            self._warm_start(config.init_from)
+        self.backbone.to(self.device)
+        self.objective.to(self.device)
         self.amp = config.amp and self.device.type == "cuda"
         self.model: nn.Module = TrainStep(self.backbone, self.objective, self.amp)
         if self.distributed:
@@ -190,6 +200,27 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.config.seed),
         )
 
+    # -- warm start -------------------------------------------------------------------------
+    def _warm_start(self, path: Path) -> None:
+        """Backbone from an exported model, head imprinted from its class means (see
+        training/warm_start.py). Runs before the first checkpoint only: a resumed run takes
+        everything from its checkpoint."""
+        plain = FaceDataset(self.train_index, augmenting=False)
+        rng = np.random.default_rng([self.config.seed, 11])
+        picked = rng.choice(len(plain), min(WARM_START_FACES, len(plain)), replace=False)
+        faces = torch.stack([plain[int(i)][0] for i in picked])
+        contract = load_exported(
+            self.backbone, self.config.backbone, self.config.embedding_dim, path, faces
+        )
+        self.initialised_from = contract.model_id
+        head = self.objective.head
+        if head is not None:
+            means = class_means(path, self.train_index, IMPRINT_FACES)
+            with torch.no_grad():
+                head.weight.copy_(means.to(head.weight.dtype))
+        if self.rank == 0:
+            tqdm.write(f"started from {path} (model {contract.model_id}), head imprinted")
+
     # -- checkpoints ------------------------------------------------------------------------
     @property
     def checkpoint_path(self) -> Path:
@@ -204,6 +235,7 @@ class Trainer:
             "identities": list(self.train_index.identities),
             "backbone": self.backbone.state_dict(),
             "objective": self.objective.state_dict(),
+            "initialised_from": self.initialised_from,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "state": vars(self.state).copy(),
@@ -234,6 +266,7 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
         self.state = RunState(**payload["state"])
+        self.initialised_from = payload.get("initialised_from")
         torch.set_rng_state(payload["rng"]["torch"].cpu())
         if payload["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
