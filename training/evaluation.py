@@ -32,6 +32,12 @@ Missing faces (NaN scores): pessimistic, never dropped
     alone exceed it). Threshold *choice* ignores them, since they are wrong at any threshold.
     Reports count them (``n_missing``).
 
+    The exception is a report's TAR at FAR (`verification_report`): there a missed face is a
+    rejection (`missed_as_rejected`), as a deployed system treats it (the service answers
+    "no face", which accepts nobody): a lost genuine pair lowers TAR, a lost impostor pair is
+    not a false accept. Counted pessimistically, a protocol with more misses than its FAR
+    budget (CFP: 3,500 impostors, so 3 false accepts at 1e-3) could only ever report TAR 0.
+
 Supported operating points
     With n impostors the only observable FARs are multiples of 1/n; FAR f can be shown only
     when at least one false accept is allowed, i.e. n >= ceil(1/f). Below that the threshold
@@ -376,7 +382,8 @@ def verification_report(
     fold: np.ndarray,
     far_targets: Sequence[float] = FAR_TARGETS,
 ) -> VerificationReport:
-    """Everything above for one protocol: k-fold accuracy, AUC, EER, TAR at FAR, counts."""
+    """Everything above for one protocol: k-fold accuracy, AUC, EER, TAR at FAR (a missed
+    face rejected, see the module docstring), counts."""
     checked, same_bool = _check_pairs(scores, same)
     mean, std, fold_accuracy, fold_threshold = kfold_accuracy(checked, same_bool, fold)
     rate, rate_threshold = eer(checked, same_bool)
@@ -395,7 +402,7 @@ def verification_report(
         auc=roc_auc(checked, same_bool),
         eer=rate,
         eer_threshold=rate_threshold,
-        tar_at_far=tar_at_far(scores, same_bool, far_targets),
+        tar_at_far=tar_at_far(missed_as_rejected(checked), same_bool, far_targets),
     )
 
 

@@ -291,13 +291,33 @@ def test_verification_report_counts_and_json_round_trip():
 
 
 def test_report_json_keeps_infinite_thresholds_valid():
+    # Every impostor pair missed: the equal-error point is the strictest, at threshold +inf.
     scores = np.array([0.9, 0.8, np.nan, np.nan])
     same = np.array([1, 1, 0, 0], bool)
     report = verification_report(scores, same, np.array([0, 1, 0, 1]), far_targets=(0.1,))
-    assert report.tar_at_far[0].threshold == np.inf
+    assert report.eer_threshold == np.inf
     text = report.model_dump_json()
-    assert json.loads(text)["tar_at_far"][0]["threshold"] == "Infinity"
-    assert VerificationReport.model_validate_json(text).tar_at_far[0].threshold == np.inf
+    assert json.loads(text)["eer_threshold"] == "Infinity"
+    assert VerificationReport.model_validate_json(text).eer_threshold == np.inf
+
+
+def test_the_reports_tar_rejects_missed_faces_and_its_accuracy_counts_them_wrong():
+    """CFP's shape: 3,500 impostors allow 3 false accepts at FAR 1e-3; 12 missed faces must not
+    use them up (the report once read TAR 0 for every CFP run), yet stay errors in accuracy."""
+    rng = np.random.default_rng(1)
+    genuine = rng.uniform(0.3, 1.0, 3500)
+    impostors = rng.uniform(-0.5, 0.5, 3500)
+    genuine[:6] = np.nan
+    impostors[:6] = np.nan
+    scores = np.r_[genuine, impostors]
+    same = np.r_[np.ones(3500, bool), np.zeros(3500, bool)]
+    report = verification_report(scores, same, np.arange(7000) % 10, far_targets=(1e-3,))
+    (point,) = report.tar_at_far
+    expected = tar_at_far(missed_as_rejected(scores), same, [1e-3])[0]
+    assert point == expected
+    assert point.far_achieved <= 1e-3 and point.tar > 0.5
+    assert point.tar <= 3494 / 3500  # the six missed genuine pairs are rejected
+    assert report.accuracy <= 1 - 12 / 7000 + 1e-9  # and all twelve misses are errors
 
 
 # --- open set ----------------------------------------------------------------------------
