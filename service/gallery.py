@@ -26,11 +26,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import numpy as np
 
+from service import snapshot
 from service.index import IndexKind, VectorIndex
 from service.rwlock import ReadWriteLock
 from service.store import (
@@ -89,6 +91,7 @@ class GalleryStats:
     store_seq: int  # the last change in the store
     index_kind: str
     hnsw_ef_search: int | None  # None for the exact kind
+    loaded_from: str  # "store" (rebuilt on open) or "snapshot"
     gpu: bool
     model_id: str
     embedding_dim: int
@@ -98,14 +101,28 @@ class Gallery:
     """Subjects and their face templates, searchable by cosine similarity. Thread-safe."""
 
     def __init__(
-        self, store: Store, index_kind: IndexKind | str, use_gpu: bool, hnsw_ef_search: int
+        self,
+        store: Store,
+        index_kind: IndexKind | str,
+        use_gpu: bool,
+        hnsw_ef_search: int,
+        snapshot_dir: Path | None = None,
     ) -> None:
         """Use `Gallery.open`; this starts with an empty index."""
         self._store = store
         dim = store.embedding_dim
-        self._templates = VectorIndex(dim, index_kind, use_gpu, ef_search=hnsw_ef_search)
+
+        def new_index() -> VectorIndex:
+            return VectorIndex(dim, index_kind, use_gpu, ef_search=hnsw_ef_search)
+
+        self._new_index = new_index
+        self._templates = new_index()
         # Each subject's normalised mean template, under the subject's code.
-        self._means = VectorIndex(dim, index_kind, use_gpu, ef_search=hnsw_ef_search)
+        self._means = new_index()
+        # Only an HNSW graph is worth saving: an exact index of 10^6 rebuilds in a second.
+        self._snapshot_dir = snapshot_dir if self._templates.ef_search is not None else None
+        self._snapshot_seq: int | None = None  # the seq of the snapshot on disk, if known
+        self.loaded_from = "store"  # or "snapshot": how the index was filled on open
         # Subjects get small integer codes: template id -> code is then one int32 array.
         self._owner = np.full(1024, -1, dtype=np.int32)
         self._codes: dict[str, int] = {}
@@ -127,14 +144,22 @@ class Gallery:
         index_kind: IndexKind | str = IndexKind.exact,
         use_gpu: bool = False,
         hnsw_ef_search: int = 128,
+        snapshot_dir: Path | None = None,
     ) -> Gallery:
-        """Open (creating or migrating) the store, bind it to `model_id` and rebuild the index.
+        """Open (creating or migrating) the store, bind it to `model_id` and fill the index:
+        from the newest snapshot in `snapshot_dir` that still matches the store, brought up to
+        date from the change log (HNSW only), else rebuilt from the store.
 
         Raises ModelMismatch when the store holds embeddings of another model."""
         store = Store.open(database_url, model_id, embedding_dim)
         try:
-            gallery = cls(store, index_kind, use_gpu, hnsw_ef_search)
-            gallery._load()
+            gallery = cls(store, index_kind, use_gpu, hnsw_ef_search, snapshot_dir)
+            with gallery._writing:
+                if gallery._load_snapshot():
+                    gallery._catch_up_locked()
+                else:
+                    gallery._load()
+                    gallery._save_snapshot_locked()
         except BaseException:
             store.close()
             raise
@@ -142,6 +167,8 @@ class Gallery:
 
     def close(self) -> None:
         self.stop_sync()
+        with self._writing:
+            self._save_snapshot_locked()
         self._store.close()
 
     def __enter__(self) -> Gallery:
@@ -375,10 +402,99 @@ class Gallery:
             store_seq=counts.seq,
             index_kind=str(self._templates.kind),
             hnsw_ef_search=self._templates.ef_search,
+            loaded_from=self.loaded_from,
             gpu=self._templates.on_gpu,
             model_id=self.model_id,
             embedding_dim=self.embedding_dim,
         )
+
+    # Snapshots of an HNSW index (service/snapshot.py). Callers hold `_writing`.
+
+    def save_snapshot(self) -> Path | None:
+        """Write the index to the snapshot folder now (HNSW with a folder only)."""
+        with self._writing:
+            return self._save_snapshot_locked()
+
+    def _save_snapshot_locked(self) -> Path | None:
+        if self._snapshot_dir is None or self._snapshot_seq == self._last_seq:
+            return None
+        subject_ids: list[str | None] = list(self._subject_ids)
+        for code in self._free_codes:
+            subject_ids[code] = None
+        try:
+            change = self._store.changes_since(self._last_seq - 1, 1) if self._last_seq else []
+            manifest = snapshot.Manifest(
+                format=snapshot.FORMAT,
+                model_id=self.model_id,
+                embedding_dim=self.embedding_dim,
+                store_created_at=self._store.created_at,
+                seq=self._last_seq,
+                change=snapshot.change_record(change[0] if change else None),
+                templates=len(self._templates),
+            )
+            # Searches go on meanwhile: `_writing` alone keeps the index still.
+            folder = snapshot.write(
+                self._snapshot_dir,
+                snapshot.Snapshot(manifest, self._templates, self._means, self._owner, subject_ids),
+            )
+        except Exception:
+            # A full disk or a lost database must not take the gallery down (or keep it from
+            # closing): without a snapshot the next open rebuilds from the store.
+            log.exception("cannot write the index snapshot to %s", self._snapshot_dir)
+            return None
+        self._snapshot_seq = self._last_seq
+        log.info("index snapshot written: %s (%d templates)", folder, manifest.templates)
+        return folder
+
+    def _load_snapshot(self) -> bool:
+        """Fill the index from the newest snapshot if it matches this store; False (and the
+        index left empty) otherwise."""
+        if self._snapshot_dir is None:
+            return False
+        folder = snapshot.newest(self._snapshot_dir)
+        if folder is None:
+            return False
+        try:
+            loaded = snapshot.read(folder, self._new_index(), self._new_index())
+        except (ValueError, OSError, RuntimeError, TypeError, KeyError) as error:
+            log.warning("index snapshot %s unusable, rebuilding from the store: %s", folder, error)
+            return False
+        reason = self._snapshot_mismatch(loaded.manifest)
+        if reason is not None:
+            log.warning("index snapshot %s not used, rebuilding from the store: %s", folder, reason)
+            return False
+        self._templates, self._means, self._owner = loaded.templates, loaded.means, loaded.owner
+        self._subject_ids = [s or "" for s in loaded.subject_ids]
+        self._free_codes = [c for c, s in enumerate(loaded.subject_ids) if s is None]
+        self._members = {}
+        indexed = np.flatnonzero(self._owner >= 0)
+        for template_id, code in zip(indexed.tolist(), self._owner[indexed].tolist(), strict=True):
+            self._members.setdefault(code, set()).add(template_id)
+        self._codes = {loaded.subject_ids[code]: code for code in self._members}
+        self._last_seq = self._snapshot_seq = loaded.manifest.seq
+        self.loaded_from = "snapshot"
+        log.info(
+            "gallery loaded from %s: %d templates of %d subjects up to change %d",
+            folder,
+            len(self._templates),
+            len(self._members),
+            self._last_seq,
+        )
+        return True
+
+    def _snapshot_mismatch(self, manifest: snapshot.Manifest) -> str | None:
+        if (manifest.model_id, manifest.embedding_dim) != (self.model_id, self.embedding_dim):
+            return f"made for model {manifest.model_id}, the store holds {self.model_id}"
+        if manifest.store_created_at != self._store.created_at:
+            return "made from another store (created at another time)"
+        if manifest.seq > self._store.max_seq():
+            return f"reflects change {manifest.seq}, the store ends at {self._store.max_seq()}"
+        if manifest.seq:
+            found = self._store.changes_since(manifest.seq - 1, 1)
+            here = snapshot.change_record(found[0]) if found else None
+            if here != manifest.change:
+                return f"change {manifest.seq} differs in the store (another or a reset database)"
+        return None
 
     # The in-memory index state. Callers hold `_writing`, and `_searching` for writing.
 

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
 import faiss
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 GPU_MAX_K = 2048
 # Vectors copied out of an index at a time when it is rebuilt without its tombstones.
 REBUILD_CHUNK = 65_536
+
+
+def _ids_path(path: Path) -> Path:
+    return path.with_name(path.name + ".ids.npy")
 
 
 class IndexKind(StrEnum):
@@ -185,6 +190,24 @@ class _Tombstoned:
     def faiss_index(self) -> faiss.Index:
         return self._index
 
+    def labels(self) -> np.ndarray:
+        """Position -> our id (-1 for a tombstone), for every vector in the structure."""
+        return self._labels[: self._index.ntotal].copy()
+
+    def restore(self, index: faiss.Index, labels: np.ndarray) -> None:
+        """Take over a saved structure: `index` and its `labels()` as they were saved."""
+        if index.ntotal != len(labels):
+            raise ValueError(f"{index.ntotal} vectors but {len(labels)} labels")
+        live = labels >= 0
+        if len(set(labels[live].tolist())) != int(live.sum()):
+            raise ValueError("the saved labels repeat an id")
+        self._index = index
+        self._labels = np.concatenate([labels.astype(np.int64), np.full(1024, -1, np.int64)])
+        self._positions = dict(
+            zip(labels[live].tolist(), np.flatnonzero(live).tolist(), strict=True)
+        )
+        self.tombstones = int((~live).sum())
+
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         positions = np.array([self._positions[i] for i in ids.tolist()], dtype=np.int64)
         return self._index.reconstruct_batch(positions)
@@ -311,6 +334,30 @@ class VectorIndex:
                 similarities[:, :fetch] = np.where(labels >= 0, found, -np.inf)
                 ids[:, :fetch] = labels
         return similarities, ids
+
+    def save(self, path: Path) -> None:
+        """Write an HNSW index to `path` (the graph) and `path`.ids.npy (our ids, tombstones
+        as -1), so a restart can read it back instead of building the graph again."""
+        if self._hnsw is None:
+            raise ValueError(f"only an hnsw index is saved; a {self.kind} one rebuilds in seconds")
+        with self._lock.read():
+            faiss.write_index(self._hnsw.faiss_index(), str(path))
+            np.save(_ids_path(path), self._hnsw.labels())
+
+    def load(self, path: Path) -> None:
+        """Replace this (HNSW) index's contents with what `save` wrote at `path`. Raises
+        ValueError, or faiss's RuntimeError for a damaged file, and then changes nothing."""
+        if self._hnsw is None:
+            raise ValueError(f"only an hnsw index is loaded; this one is {self.kind}")
+        index = faiss.read_index(str(path))
+        if not isinstance(index, faiss.IndexHNSWFlat) or index.d != self.dim:
+            raise ValueError(f"{path} is not a {self.dim}-d HNSW index")
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise ValueError(f"{path} does not use the inner product")
+        labels = np.load(_ids_path(path), allow_pickle=False)
+        index.hnsw.efSearch = self._ef_search
+        with self._lock.write():
+            self._hnsw.restore(index, labels)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """The stored vectors of present ids, (n, dim) float32. Raises KeyError if one is absent."""

@@ -159,6 +159,7 @@ def open_gallery(
             index_kind=settings.index_kind.value,
             use_gpu=settings.provider.value != "cpu",
             hnsw_ef_search=settings.hnsw_ef_search,
+            snapshot_dir=settings.data_dir / "index" if settings.index_snapshot else None,
         )
     except GalleryError as error:  # model_mismatch: the gallery was filled by another model
         return None, error

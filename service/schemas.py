@@ -188,6 +188,10 @@ class GalleryStats(BaseModel):
     store_change: int = Field(description="The last change in the store (replica lag: the gap).")
     index_kind: str
     hnsw_ef_search: int | None = Field(description="HNSW's search breadth; null when exact.")
+    index_loaded_from: Literal["store", "snapshot"] = Field(
+        description="How this replica filled its index at start: rebuilt from the store, or read "
+        "back from its HNSW snapshot and brought up to date from the change log."
+    )
     index_on_gpu: bool
 
 

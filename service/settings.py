@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         description="hnsw only: search breadth. Raise it for recall on large galleries "
         "(bench/gallery_scale.py: recall@1 and latency against it at 10^4 to 10^6).",
     )
+    index_snapshot: bool = Field(
+        default=True,
+        description="hnsw only: keep the index graph in DATA_DIR/index (written after a rebuild "
+        "and at shutdown) so a restart reads it back instead of building it again, minutes at "
+        "10^6 templates. The store stays the truth: a snapshot that does not match it is ignored.",
+    )
     sync_interval_s: float = Field(
         default=1.0,
         gt=0,

@@ -289,6 +289,7 @@ class Store:
         self._postgres = engine.dialect.name == "postgresql"
         self.model_id = model_id
         self.embedding_dim = embedding_dim
+        self.created_at = ""  # set by _bind
 
     @classmethod
     def open(cls, database_url: str, model_id: str, embedding_dim: int) -> Store:
@@ -354,10 +355,14 @@ class Store:
                         created_at=_now(),
                     )
                 )
+                row = connection.execute(sa.select(gallery_meta)).one()
             elif (row.model_id, row.embedding_dim) != (self.model_id, self.embedding_dim):
                 raise ModelMismatch(
                     row.model_id, self.model_id, row.embedding_dim, self.embedding_dim
                 )
+        # When this gallery was created, as the database gives it back: what tells this store
+        # from one recreated under the same URL (service/snapshot.py relies on it).
+        self.created_at = row.created_at.isoformat()
 
     def _log(
         self,

@@ -73,6 +73,7 @@ def info(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Info:
             store_change=s.store_seq,
             index_kind=s.index_kind,
             hnsw_ef_search=s.hnsw_ef_search,
+            index_loaded_from=s.loaded_from,
             index_on_gpu=s.gpu,
         )
     return Info(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service import snapshot
 from service.gallery import (
     Gallery,
     MatchRule,
@@ -325,6 +326,100 @@ class GalleryBehaviour:
             gallery.identify(np.ones((1, DIM), np.float32), 0)
         assert gallery.stats().subjects == 0
         assert gallery.identify(np.ones((2, DIM), np.float32), 3) == [[], []]
+
+    # HNSW snapshots (service/snapshot.py)
+
+    def test_a_reopened_hnsw_gallery_reads_its_snapshot_and_replays_later_changes(
+        self, database_url, tmp_path
+    ):
+        rng = np.random.default_rng(20)
+        snapshots = tmp_path / "index"
+        with Gallery.open(database_url, MODEL, DIM, "hnsw", snapshot_dir=snapshots) as a:
+            assert a.loaded_from == "store"
+            enrolled = fill(a, rng, 30)
+            for gone in ("s001", "s002"):
+                a.delete_subject(gone)
+                del enrolled[gone]
+        assert snapshot.newest(snapshots) is not None
+        # Another replica writes while this one is down: the snapshot is now behind the store.
+        with Gallery.open(database_url, MODEL, DIM, "hnsw") as other:
+            for i in range(5):
+                vectors = unit(rng, 2)
+                other.enroll(f"late{i}", as_templates(vectors))
+                enrolled[f"late{i}"] = vectors
+            for gone in ("s003", "late0"):
+                other.delete_subject(gone)
+                del enrolled[gone]
+            template = min(t.id for t in other.get_subject("s004").templates)
+            other.delete_template("s004", template)
+            enrolled["s004"] = enrolled["s004"][1:]
+        with (
+            Gallery.open(database_url, MODEL, DIM, "hnsw", snapshot_dir=snapshots) as b,
+            Gallery.open(database_url, MODEL, DIM, "hnsw") as rebuilt,
+        ):
+            assert b.loaded_from == "snapshot" and rebuilt.loaded_from == "store"
+            assert b.in_sync()
+            assert b.stats().indexed_templates == sum(len(v) for v in enrolled.values())
+            queries = np.concatenate(list(enrolled.values()))
+            for rule in ("best", "mean"):
+                assert b.identify(queries, 3, rule) == rebuilt.identify(queries, 3, rule)
+            for subject, vectors in enrolled.items():
+                for vector in vectors:
+                    assert top_subjects(b, vector, 1) == [subject]
+            # It goes on taking writes, and a delete lands in the restored graph.
+            b.delete_subject("s005")
+            assert "s005" not in top_subjects(b, enrolled["s005"][0], 30)
+
+    def test_a_snapshot_that_does_not_match_the_store_is_not_used(self, database_url, tmp_path):
+        rng = np.random.default_rng(21)
+        snapshots = tmp_path / "index"
+        # Another database whose change log is as long, with other subjects in it.
+        foreign = f"sqlite:///{tmp_path}/foreign.db"
+        with Gallery.open(foreign, MODEL, DIM, "hnsw", snapshot_dir=snapshots) as elsewhere:
+            fill(elsewhere, rng, 12)
+        with Gallery.open(database_url, MODEL, DIM, "hnsw") as gallery:
+            ours = fill(gallery, rng, 12)
+        with Gallery.open(database_url, MODEL, DIM, "hnsw", snapshot_dir=snapshots) as gallery:
+            assert gallery.loaded_from == "store"
+            assert top_subjects(gallery, ours["s007"][0], 1) == ["s007"]
+            assert gallery.stats().indexed_templates == 24
+        # Written for another model, or ahead of the store (a reset database): not used either.
+        with Gallery.open(database_url, MODEL, DIM, "hnsw", snapshot_dir=snapshots) as gallery:
+            assert gallery.loaded_from == "snapshot"
+            fill(gallery, rng, 3)
+        with Gallery.open(
+            f"sqlite:///{tmp_path}/empty.db", MODEL, DIM, "hnsw", snapshot_dir=snapshots
+        ) as empty:
+            assert empty.loaded_from == "store" and empty.stats().indexed_templates == 0
+
+    @pytest.mark.parametrize("damage", ["truncated graph", "lost ids", "no manifest"])
+    def test_a_damaged_snapshot_is_ignored_and_the_index_rebuilt(
+        self, database_url, tmp_path, damage
+    ):
+        rng = np.random.default_rng(22)
+        snapshots = tmp_path / "index"
+        with Gallery.open(database_url, MODEL, DIM, "hnsw", snapshot_dir=snapshots) as gallery:
+            enrolled = fill(gallery, rng, 10)
+        folder = snapshot.newest(snapshots)
+        if damage == "truncated graph":
+            graph = folder / "templates.faiss"
+            graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+        elif damage == "lost ids":
+            (folder / "means.faiss.ids.npy").unlink()
+        else:
+            (folder / "manifest.json").unlink()
+        with Gallery.open(database_url, MODEL, DIM, "hnsw", snapshot_dir=snapshots) as gallery:
+            assert gallery.loaded_from == "store"
+            assert top_subjects(gallery, enrolled["s004"][1], 1) == ["s004"]
+        # The rebuild wrote a good snapshot in place of the damaged one.
+        with Gallery.open(database_url, MODEL, DIM, "hnsw", snapshot_dir=snapshots) as gallery:
+            assert gallery.loaded_from == "snapshot"
+        assert [p.name for p in snapshots.iterdir()] == [snapshot.newest(snapshots).name]
+
+    def test_an_exact_index_is_not_snapshotted(self, database_url, tmp_path):
+        with Gallery.open(database_url, MODEL, DIM, "exact", snapshot_dir=tmp_path / "i") as g:
+            fill(g, np.random.default_rng(23), 3)
+        assert not (tmp_path / "i").exists()
 
 
 class TestGallerySqlite(GalleryBehaviour):
