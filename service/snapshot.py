@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def write(directory: Path, snapshot: Snapshot) -> Path:
     """Write `snapshot` as DIRECTORY/snapshot-SEQ and remove the older ones."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{snapshot.manifest.seq}"
-    partial = directory / f".partial-{os.getpid()}-{snapshot.manifest.seq}"
+    # Unique even between containers sharing a volume (each may be pid 1).
+    partial = directory / f".partial-{uuid.uuid4().hex}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
