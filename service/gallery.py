@@ -410,11 +410,6 @@ class Gallery:
 
     # Snapshots of an HNSW index (service/snapshot.py). Callers hold `_writing`.
 
-    def save_snapshot(self) -> Path | None:
-        """Write the index to the snapshot folder now (HNSW with a folder only)."""
-        with self._writing:
-            return self._save_snapshot_locked()
-
     def _save_snapshot_locked(self) -> Path | None:
         if self._snapshot_dir is None or self._snapshot_seq == self._last_seq:
             return None
