@@ -377,6 +377,7 @@ def format_contract(contract) -> str:
             f"training     {t.data}: {t.identities} identities"
             + (f", {t.images:,} images" if t.images else "")
             + (f", {t.epochs:g} epochs ({t.steps} steps)" if t.epochs is not None else "")
+            + (f", started from model {t.initialised_from}" if t.initialised_from else "")
         )
     if contract.calibration is None:
         lines.append("thresholds   none: give the service an explicit threshold")

@@ -111,6 +111,7 @@ def test_a_resumed_warm_run_takes_its_weights_from_the_checkpoint(small_faces, t
 
 
 def test_the_exported_continuation_names_the_model_it_started_from(small_faces, tmp_path):
+    from export.cli import format_contract
     from export.from_checkpoint import export_checkpoint
 
     run = tmp_path / "run"
@@ -119,8 +120,10 @@ def test_the_exported_continuation_names_the_model_it_started_from(small_faces, 
     contract = export_checkpoint(
         run / "checkpoint.pt", tmp_path / "next.onnx", None, small_faces, report=lambda _: None
     )
-    assert contract.training.initialised_from == Embedder(SHIPPED).contract.model_id
-    assert contract.model_id != contract.training.initialised_from
+    parent = Embedder(SHIPPED).contract.model_id
+    assert contract.training.initialised_from == parent
+    assert contract.model_id != parent
+    assert f"started from model {parent}" in format_contract(contract)
 
 
 @pytest.mark.parametrize(
