@@ -120,7 +120,7 @@ class Gallery:
         # Each subject's normalised mean template, under the subject's code.
         self._means = new_index()
         # Only an HNSW graph is worth saving: an exact index of 10^6 rebuilds in a second.
-        self._snapshot_dir = snapshot_dir if self._templates.ef_search is not None else None
+        self._snapshot_dir = snapshot_dir if self._templates.kind is IndexKind.hnsw else None
         self._snapshot_seq: int | None = None  # the seq of the snapshot on disk, if known
         self.loaded_from = "store"  # or "snapshot": how the index was filled on open
         # Subjects get small integer codes: template id -> code is then one int32 array.
