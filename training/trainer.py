@@ -33,7 +33,7 @@ from training.embedder import embed_dataset
 from training.evaluation import kfold_accuracy
 from training.heads import build_head
 from training.losses import build_loss
-from training.warm_start import class_means, load_exported
+from training.warm_start import class_means, load_exported, open_exported
 
 # Faces whose statistics re-express a warm start's folded batch norms (one forward pass).
 WARM_START_FACES = 256
@@ -209,13 +209,15 @@ class Trainer:
         rng = np.random.default_rng([self.config.seed, 11])
         picked = rng.choice(len(plain), min(WARM_START_FACES, len(plain)), replace=False)
         faces = torch.stack([plain[int(i)][0] for i in picked])
-        contract = load_exported(
-            self.backbone, self.config.backbone, self.config.embedding_dim, path, faces
+        exported = open_exported(path)
+        load_exported(
+            self.backbone, self.config.backbone, self.config.embedding_dim, exported, faces
         )
+        contract = exported.contract
         self.initialised_from = contract.model_id
         head = self.objective.head
         if head is not None:
-            means = class_means(path, self.train_index, IMPRINT_FACES)
+            means = class_means(exported, self.train_index, IMPRINT_FACES)
             with torch.no_grad():
                 head.weight.copy_(means.to(head.weight.dtype))
         if self.rank == 0:

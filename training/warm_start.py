@@ -29,7 +29,6 @@ from onnx import numpy_helper
 from torch import nn
 from tqdm import tqdm
 
-from service.contract import ModelContract, parse_contract
 from service.embedder import Embedder
 from training.data import PIXEL_MEAN, PIXEL_STD, FaceIndex, load_rgb
 
@@ -42,14 +41,15 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 MIN_AGREEMENT = 0.9999
 
 
-def read_exported(path: Path) -> tuple[ModelContract, onnx.ModelProto]:
-    model = onnx.load(str(path))
-    contract = parse_contract({p.key: p.value for p in model.metadata_props})
-    if contract is None:
-        raise ValueError(f"{path} has no facemargin contract; only our own exports can resume")
-    if contract.variant != "fp32":
-        raise ValueError(f"{path} is a {contract.variant} variant; start from the fp32 model")
-    return contract, model
+def open_exported(path: Path) -> Embedder:
+    """The exported model as the service runs it (refused without a facemargin contract);
+    it checks the rebuilt network and imprints the head."""
+    embedder = Embedder(path)
+    if embedder.contract.variant != "fp32":
+        raise ValueError(
+            f"{path} is a {embedder.contract.variant} variant; start from the fp32 model"
+        )
+    return embedder
 
 
 def _prelu_slopes(model: onnx.ModelProto) -> list[np.ndarray]:
@@ -157,47 +157,49 @@ def recalibrate_batch_norm(
 
 
 @torch.no_grad()
-def check_agreement(backbone: nn.Module, path: Path, images: torch.Tensor) -> float:
+def check_agreement(backbone: nn.Module, embedder: Embedder, images: torch.Tensor) -> float:
     """The lowest cosine between the rebuilt backbone and onnxruntime on the same faces."""
     # The same pixels for both, after the file's uint8 input round trip.
     pixels = (images * PIXEL_STD + PIXEL_MEAN).round().clamp(0, 255)
     faces = pixels.permute(0, 2, 3, 1).to(torch.uint8).numpy()
-    expected = Embedder(path).embed(faces).vectors
+    expected = embedder.embed(faces).vectors
     backbone.eval()
     ours = nn.functional.normalize(backbone((pixels - PIXEL_MEAN) / PIXEL_STD), dim=1).numpy()
     return float((ours * expected).sum(axis=1).min())
 
 
 def load_exported(
-    backbone: nn.Module, backbone_name: str, embedding_dim: int, path: Path, images: torch.Tensor
-) -> ModelContract:
-    """Put an exported model's network into `backbone` (a CPU `backbone_name` of
-    `embedding_dim`), checked against onnxruntime. `images` (N, 3, 112, 112, normalised
-    training faces) set the batch-norm statistics."""
-    contract, model = read_exported(path)
+    backbone: nn.Module,
+    backbone_name: str,
+    embedding_dim: int,
+    embedder: Embedder,
+    images: torch.Tensor,
+) -> None:
+    """Put the network of `embedder`'s file into `backbone` (a CPU `backbone_name` of
+    `embedding_dim`), checked against it. `images` (N, 3, 112, 112, normalised training
+    faces) set the batch-norm statistics."""
+    contract, path = embedder.contract, embedder.path
     if (contract.backbone, contract.embedding_dim) != (backbone_name, embedding_dim):
         raise ValueError(
             f"{path} is {contract.backbone}-{contract.embedding_dim}, "
             f"the run asks for {backbone_name}-{embedding_dim}"
         )
-    biases = load_exported_weights(backbone, model)
+    biases = load_exported_weights(backbone, onnx.load(str(path)))
     recalibrate_batch_norm(backbone, biases, images)
-    agreement = check_agreement(backbone, path, images[:64])
+    agreement = check_agreement(backbone, embedder, images[:64])
     if agreement < MIN_AGREEMENT:
         raise ValueError(
             f"the rebuilt {backbone_name} agrees with {path} only to cosine {agreement:.6f}; "
             "this backbone's layout cannot be recovered from the file"
         )
-    return contract
 
 
 def class_means(
-    path: Path, index: FaceIndex, per_identity: int, batch_size: int = 128
+    embedder: Embedder, index: FaceIndex, per_identity: int, batch_size: int = 128
 ) -> torch.Tensor:
     """Unit-length mean embedding per class, from the exported file itself (onnxruntime is
     the faster CPU path, and the rebuilt backbone computes the same) over each identity's
     first `per_identity` faces, un-augmented."""
-    embedder = Embedder(path, batch_size=batch_size)
     chosen = np.concatenate(
         [np.flatnonzero(index.labels == c)[:per_identity] for c in range(index.num_classes)]
     )
