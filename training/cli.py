@@ -103,6 +103,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--images-per-identity", type=int, help="K of P×K batches (metric losses)")
+    train.add_argument(
+        "--augmentation",
+        choices=["standard", "strong"],
+        help="strong adds alignment jitter and random erasing",
+    )
     train.add_argument("--seed", type=int)
     train.add_argument("--held-out", type=float, help="fraction of identities kept for validation")
     train.add_argument("--max-identities", type=int, help="use only the first N identities")
@@ -135,6 +140,7 @@ def _run_train(args: argparse.Namespace) -> int:
             "epochs",
             "batch_size",
             "images_per_identity",
+            "augmentation",
             "seed",
             "held_out",
             "max_identities",

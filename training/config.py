@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 METRIC_LOSSES = ("triplet", "contrastive")
+Augmentation = Literal["standard", "strong"]
 
 
 class TrainConfig(BaseModel):
@@ -44,6 +45,11 @@ class TrainConfig(BaseModel):
     epochs: int = Field(20, gt=0)
     batch_size: int = Field(128, gt=1)
     images_per_identity: int = Field(4, ge=2, description="K of P×K batches for metric losses.")
+    augmentation: Augmentation = Field(
+        "standard",
+        description="standard: mirror, colour, blur, low resolution; strong adds alignment "
+        "jitter and random erasing (for small data sets that get memorised).",
+    )
     grad_clip: float = Field(5.0, gt=0)
     seed: int = 0
     held_out: float = Field(

@@ -133,7 +133,9 @@ class Trainer:
                 f"{config.data}: need at least 2 identities with {config.min_images}+ images"
             )
         self.train_index, self.val_index = split_by_identity(full, config.held_out, config.seed)
-        self.dataset = FaceDataset(self.train_index, augmenting=True, seed=config.seed)
+        self.dataset = FaceDataset(
+            self.train_index, augmenting=True, seed=config.seed, augmentation=config.augmentation
+        )
 
         self.backbone = build_backbone(config.backbone, config.embedding_dim, config.dropout)
         self.objective = Objective(config, self.train_index.num_classes)

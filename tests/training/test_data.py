@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
+from training.config import Augmentation, TrainConfig
 from training.data import (
     FaceDataset,
     augment,
@@ -54,9 +58,10 @@ def test_to_tensor_is_the_arcface_normalisation():
     )
 
 
-def test_augmentation_is_reproducible_and_varied(small_faces):
+@pytest.mark.parametrize("strength", get_args(Augmentation))
+def test_augmentation_is_reproducible_and_varied(small_faces, strength):
     index = index_faces(small_faces)
-    dataset = FaceDataset(index, augmenting=True, seed=1)
+    dataset = FaceDataset(index, augmenting=True, seed=1, augmentation=strength)
     first = dataset[3][0]
     assert torch.equal(first, dataset[3][0])
     dataset.epoch = 1
@@ -65,13 +70,51 @@ def test_augmentation_is_reproducible_and_varied(small_faces):
     assert not torch.equal(first, plain)
 
 
-def test_augmentation_keeps_the_face_in_place():
+@pytest.mark.parametrize("strength", get_args(Augmentation))
+def test_augmentation_keeps_the_face_in_place(strength):
     # A bright bar across the eyes stays at eye height after any augmentation.
     image = np.full((112, 112, 3), 60, np.uint8)
     image[48:56] = 230
-    for k in range(20):
-        out = augment(image, sample_rng(0, 0, k)).astype(float).mean(axis=(1, 2))
+    for k in range(40):
+        out = augment(image, sample_rng(0, 0, k), strength).astype(float).mean(axis=(1, 2))
         assert out[48:56].mean() > out[:40].mean() + 60
+
+
+def _rows_of_bar(image: np.ndarray) -> set[int]:
+    return set(np.flatnonzero(image.mean(axis=(1, 2)) > 145).tolist())
+
+
+def test_strong_augmentation_moves_the_alignment_a_little():
+    image = np.full((112, 112, 3), 60, np.uint8)
+    image[48:56] = 230
+    standard = [_rows_of_bar(augment(image, sample_rng(0, 0, k))) for k in range(40)]
+    strong = [_rows_of_bar(augment(image, sample_rng(0, 0, k), "strong")) for k in range(40)]
+    # Colour jitter can thin the bar but never moves it; the strong jitter does, by pixels.
+    assert all(rows <= set(range(46, 58)) for rows in standard)
+    moved = [rows for rows in strong if rows and not rows <= set(range(47, 57))]
+    assert len(moved) >= 5
+    assert all(rows <= set(range(40, 64)) for rows in strong)
+
+
+def test_strong_augmentation_erases_a_patch_with_noise():
+    flat = np.full((112, 112, 3), 128, np.uint8)
+
+    def noisy_pixels(out: np.ndarray) -> int:
+        return int((np.abs(out.astype(int) - np.median(out)).max(axis=2) > 40).sum())
+
+    standard = [noisy_pixels(augment(flat, sample_rng(3, 0, k))) for k in range(60)]
+    strong = [noisy_pixels(augment(flat, sample_rng(3, 0, k), "strong")) for k in range(60)]
+    assert max(standard) == 0
+    erased = [n for n in strong if n > 0]
+    # About 40% of faces get a patch of 2-20% of the crop (most of its noise pixels differ).
+    assert 12 <= len(erased) <= 36
+    assert all(n < 0.2 * 112 * 112 for n in erased)
+
+
+def test_the_augmentation_is_a_validated_setting(tmp_path):
+    assert TrainConfig(data=tmp_path, out=tmp_path).augmentation == "standard"
+    with pytest.raises(ValidationError):
+        TrainConfig(data=tmp_path, out=tmp_path, augmentation="extreme")
 
 
 def test_shuffled_batches_cover_each_image_once(small_faces):

@@ -162,10 +162,12 @@ def test_train_command(small_faces, tmp_path, capsys):
     argv = ["train", "--data", str(small_faces), "--out", str(out), "--backbone", "mobilefacenet"]
     argv += ["--embedding-dim", "32", "--head", "arcface", "--head-param", "s=32", "--epochs", "1"]
     argv += ["--batch-size", "16", "--num-workers", "0", "--val-pairs", "40", "--device", "cpu"]
+    argv += ["--augmentation", "strong"]
     assert main(argv) == 0
     assert "held-out verification accuracy" in capsys.readouterr().out
     saved = json.loads((out / "config.json").read_text())
     assert saved["head_params"] == {"s": 32.0} and saved["backbone"] == "mobilefacenet"
+    assert saved["augmentation"] == "strong"
 
 
 @pytest.mark.slow
