@@ -107,6 +107,7 @@ class Gallery:
         use_gpu: bool,
         hnsw_ef_search: int,
         snapshot_dir: Path | None = None,
+        snapshot_every: int = 10_000,
     ) -> None:
         """Use `Gallery.open`; this starts with an empty index."""
         self._store = store
@@ -122,6 +123,9 @@ class Gallery:
         # Only an HNSW graph is worth saving: an exact index of 10^6 rebuilds in a second.
         self._snapshot_dir = snapshot_dir if self._templates.kind is IndexKind.hnsw else None
         self._snapshot_seq: int | None = None  # the seq of the snapshot on disk, if known
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be at least 1, not {snapshot_every}")
+        self._snapshot_every = snapshot_every
         self.loaded_from = "store"  # or "snapshot": how the index was filled on open
         # Subjects get small integer codes: template id -> code is then one int32 array.
         self._owner = np.full(1024, -1, dtype=np.int32)
@@ -145,15 +149,18 @@ class Gallery:
         use_gpu: bool = False,
         hnsw_ef_search: int = 128,
         snapshot_dir: Path | None = None,
+        snapshot_every: int = 10_000,
     ) -> Gallery:
         """Open (creating or migrating) the store, bind it to `model_id` and fill the index:
         from the newest snapshot in `snapshot_dir` that still matches the store, brought up to
-        date from the change log (HNSW only), else rebuilt from the store.
+        date from the change log (HNSW only), else rebuilt from the store. While syncing, a
+        new snapshot is written once the index is `snapshot_every` changes past the last one,
+        so a replica that is killed replays at most about that many changes when it restarts.
 
         Raises ModelMismatch when the store holds embeddings of another model."""
         store = Store.open(database_url, model_id, embedding_dim)
         try:
-            gallery = cls(store, index_kind, use_gpu, hnsw_ef_search, snapshot_dir)
+            gallery = cls(store, index_kind, use_gpu, hnsw_ef_search, snapshot_dir, snapshot_every)
             with gallery._writing:
                 if gallery._load_snapshot():
                     gallery._catch_up_locked()
@@ -273,7 +280,8 @@ class Gallery:
         return applied
 
     def start_sync(self, interval_s: float) -> None:
-        """Run `catch_up` every `interval_s` seconds in a daemon thread until `stop_sync`."""
+        """Run `catch_up` every `interval_s` seconds in a daemon thread until `stop_sync`, and
+        write a snapshot whenever one is due."""
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, not {interval_s}")
         if self._sync_thread is not None:
@@ -284,6 +292,7 @@ class Gallery:
             while not self._sync_stop.wait(interval_s):
                 try:
                     self.catch_up()
+                    self._snapshot_if_due()
                 except Exception:
                     # A database outage must not end replication: retry on the next tick.
                     log.exception("gallery catch-up failed; retrying in %s s", interval_s)
@@ -409,6 +418,16 @@ class Gallery:
         )
 
     # Snapshots of an HNSW index (service/snapshot.py). Callers hold `_writing`.
+
+    def _snapshot_if_due(self) -> None:
+        if self._snapshot_dir is None:
+            return
+        if self._last_seq - (self._snapshot_seq or 0) < self._snapshot_every:
+            return
+        # Writes wait while the graph is written (searches do not), once per `snapshot_every`
+        # changes: 0.1 s for 2 x 10^4 templates of 512-d here, linear in the size.
+        with self._writing:
+            self._save_snapshot_locked()
 
     def _save_snapshot_locked(self) -> Path | None:
         if self._snapshot_dir is None or self._snapshot_seq == self._last_seq:

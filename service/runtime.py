@@ -160,6 +160,7 @@ def open_gallery(
             use_gpu=settings.provider.value != "cpu",
             hnsw_ef_search=settings.hnsw_ef_search,
             snapshot_dir=settings.data_dir / "index" if settings.index_snapshot else None,
+            snapshot_every=settings.index_snapshot_every,
         )
     except GalleryError as error:  # model_mismatch: the gallery was filled by another model
         return None, error

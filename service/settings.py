@@ -108,6 +108,13 @@ class Settings(BaseSettings):
         "and at shutdown) so a restart reads it back instead of building it again, minutes at "
         "10^6 templates. The store stays the truth: a snapshot that does not match it is ignored.",
     )
+    index_snapshot_every: int = Field(
+        default=10_000,
+        ge=1,
+        description="hnsw with index_snapshot: write a fresh snapshot once the index is this "
+        "many changes past the last one, so a killed replica replays at most about this many "
+        "changes when it restarts.",
+    )
     sync_interval_s: float = Field(
         default=1.0,
         gt=0,

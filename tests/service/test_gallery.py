@@ -370,6 +370,55 @@ class GalleryBehaviour:
             b.delete_subject("s005")
             assert "s005" not in top_subjects(b, enrolled["s005"][0], 30)
 
+    def test_a_syncing_replica_snapshots_every_so_many_changes(self, database_url, tmp_path):
+        rng = np.random.default_rng(21)
+        snapshots = tmp_path / "index"
+
+        def newest_seq() -> int:
+            return int(snapshot.newest(snapshots).name.removeprefix(snapshot.PREFIX))
+
+        def wait_for(condition) -> None:
+            deadline = time.monotonic() + 10
+            while not condition():
+                assert time.monotonic() < deadline, "no snapshot came"
+                time.sleep(0.01)
+
+        a = Gallery.open(
+            database_url, MODEL, DIM, "hnsw", snapshot_dir=snapshots, snapshot_every=10
+        )
+        try:
+            a.start_sync(0.02)
+            assert newest_seq() == 0  # written after the (empty) rebuild
+            enrolled = fill(a, rng, 4)  # 8 changes: not yet due
+            time.sleep(0.3)
+            assert newest_seq() == 0
+            enrolled |= {f"t{i}": unit(rng, 2) for i in range(2)}
+            for subject in ("t0", "t1"):
+                a.enroll(subject, as_templates(enrolled[subject]))
+            wait_for(lambda: newest_seq() >= 10)
+            assert newest_seq() == a.last_seq == 12
+            # Writes after it, from another replica, are caught up but not yet snapshotted.
+            with Gallery.open(database_url, MODEL, DIM, "hnsw") as other:
+                other.delete_subject("s000")
+                del enrolled["s000"]
+                enrolled["late"] = unit(rng, 3)
+                other.enroll("late", as_templates(enrolled["late"]))
+            wait_for(lambda: a.in_sync())
+            assert newest_seq() == 12
+            # A replica started now (as after a crash of `a`) reads seq 12 and replays 5.
+            with Gallery.open(database_url, MODEL, DIM, "hnsw", snapshot_dir=snapshots) as b:
+                assert b.loaded_from == "snapshot" and b.last_seq == a.last_seq
+                for subject, vectors in enrolled.items():
+                    for vector in vectors:
+                        assert top_subjects(b, vector, 1) == [subject]
+                assert "s000" not in top_subjects(b, unit(rng, 1)[0], 30)
+        finally:
+            a.close()
+
+    def test_snapshot_every_must_be_positive(self, database_url, tmp_path):
+        with pytest.raises(ValueError, match="snapshot_every"):
+            Gallery.open(database_url, MODEL, DIM, "hnsw", snapshot_dir=tmp_path, snapshot_every=0)
+
     def test_a_snapshot_that_does_not_match_the_store_is_not_used(self, database_url, tmp_path):
         rng = np.random.default_rng(21)
         snapshots = tmp_path / "index"
