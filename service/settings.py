@@ -104,9 +104,10 @@ class Settings(BaseSettings):
     )
     index_snapshot: bool = Field(
         default=True,
-        description="hnsw only: keep the index graph in DATA_DIR/index (written after a rebuild, "
-        "periodically and at shutdown) so a restart reads it back instead of building it again, minutes at "
-        "10^6 templates. The store stays the truth: a snapshot that does not match it is ignored.",
+        description="hnsw only: keep the index graph in DATA_DIR/index (written after a "
+        "rebuild, periodically and at shutdown) so a restart reads it back instead of building "
+        "it again, minutes at 10^6 templates. The store stays the truth: a snapshot that does "
+        "not match it is ignored.",
     )
     index_snapshot_every: int = Field(
         default=10_000,
