@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import get_args
 
 from service.detection import FacePolicy
+from training.config import Augmentation
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -105,7 +107,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--images-per-identity", type=int, help="K of P×K batches (metric losses)")
     train.add_argument(
         "--augmentation",
-        choices=["standard", "strong"],
+        choices=get_args(Augmentation),
         help="strong adds alignment jitter and random erasing",
     )
     train.add_argument("--seed", type=int)

@@ -173,18 +173,17 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 class FaceDataset(Dataset):
-    """Items are (image tensor, label). `augmenting` turns augmentation on; set `epoch`
-    before each epoch so augmentations differ between epochs and repeat on resume."""
+    """Items are (image tensor, label). `augmentation` names the augmentation (None: the
+    plain faces); set `epoch` before each epoch so augmentations differ between epochs and
+    repeat on resume."""
 
     def __init__(
         self,
         index: FaceIndex,
-        augmenting: bool = False,
+        augmentation: Augmentation | None = None,
         seed: int = 0,
-        augmentation: Augmentation = "standard",
     ) -> None:
         self.index = index
-        self.augmenting = augmenting
         self.seed = seed
         self.augmentation = augmentation
         self.epoch = 0
@@ -194,7 +193,7 @@ class FaceDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = load_rgb(self.index.root / self.index.paths[i])
-        if self.augmenting:
+        if self.augmentation is not None:
             image = augment(image, sample_rng(self.seed, self.epoch, i), self.augmentation)
         return to_tensor(image), int(self.index.labels[i])
 

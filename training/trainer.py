@@ -133,9 +133,7 @@ class Trainer:
                 f"{config.data}: need at least 2 identities with {config.min_images}+ images"
             )
         self.train_index, self.val_index = split_by_identity(full, config.held_out, config.seed)
-        self.dataset = FaceDataset(
-            self.train_index, augmenting=True, seed=config.seed, augmentation=config.augmentation
-        )
+        self.dataset = FaceDataset(self.train_index, config.augmentation, seed=config.seed)
 
         self.backbone = build_backbone(config.backbone, config.embedding_dim, config.dropout)
         self.objective = Objective(config, self.train_index.num_classes)
@@ -207,7 +205,7 @@ class Trainer:
         """Backbone from an exported model, head imprinted from its class means (see
         training/warm_start.py). Runs before the first checkpoint only: a resumed run takes
         everything from its checkpoint."""
-        plain = FaceDataset(self.train_index, augmenting=False)
+        plain = FaceDataset(self.train_index)
         rng = np.random.default_rng([self.config.seed, 11])
         picked = rng.choice(len(plain), min(WARM_START_FACES, len(plain)), replace=False)
         faces = torch.stack([plain[int(i)][0] for i in picked])

@@ -61,7 +61,7 @@ def test_to_tensor_is_the_arcface_normalisation():
 @pytest.mark.parametrize("strength", get_args(Augmentation))
 def test_augmentation_is_reproducible_and_varied(small_faces, strength):
     index = index_faces(small_faces)
-    dataset = FaceDataset(index, augmenting=True, seed=1, augmentation=strength)
+    dataset = FaceDataset(index, strength, seed=1)
     first = dataset[3][0]
     assert torch.equal(first, dataset[3][0])
     dataset.epoch = 1
