@@ -417,19 +417,28 @@ class Gallery:
             embedding_dim=self.embedding_dim,
         )
 
-    # Snapshots of an HNSW index (service/snapshot.py). Callers hold `_writing`.
+    # Snapshots of an HNSW index (service/snapshot.py). Only one thread writes them at a time:
+    # `open`, then the sync thread, then `close` once syncing has stopped.
 
     def _snapshot_if_due(self) -> None:
         if self._snapshot_dir is None:
             return
         if self._last_seq - (self._snapshot_seq or 0) < self._snapshot_every:
             return
-        # Writes wait while the graph is written (searches do not), once per `snapshot_every`
-        # changes: 0.1 s for 2 x 10^4 templates of 512-d here, linear in the size.
+        # Writes wait only while the files are staged into the page cache (searches not at
+        # all), once per `snapshot_every` changes; the fsyncs come after the lock is released.
         with self._writing:
-            self._save_snapshot_locked()
+            staged = self._stage_snapshot_locked()
+        if staged is not None:
+            self._publish_snapshot(*staged)
 
-    def _save_snapshot_locked(self) -> Path | None:
+    def _save_snapshot_locked(self) -> None:
+        staged = self._stage_snapshot_locked()
+        if staged is not None:
+            self._publish_snapshot(*staged)
+
+    def _stage_snapshot_locked(self) -> tuple[Path, snapshot.Manifest] | None:
+        """Caller holds `_writing`: the index's files, written but not yet durable or visible."""
         if self._snapshot_dir is None or self._snapshot_seq == self._last_seq:
             return None
         subject_ids: list[str | None] = list(self._subject_ids)
@@ -447,7 +456,7 @@ class Gallery:
                 templates=len(self._templates),
             )
             # Searches go on meanwhile: `_writing` alone keeps the index still.
-            folder = snapshot.write(
+            partial = snapshot.stage(
                 self._snapshot_dir,
                 snapshot.Snapshot(manifest, self._templates, self._means, self._owner, subject_ids),
             )
@@ -456,9 +465,16 @@ class Gallery:
             # closing): without a snapshot the next open rebuilds from the store.
             log.exception("cannot write the index snapshot to %s", self._snapshot_dir)
             return None
-        self._snapshot_seq = self._last_seq
+        return partial, manifest
+
+    def _publish_snapshot(self, partial: Path, manifest: snapshot.Manifest) -> None:
+        try:
+            folder = snapshot.publish(partial, manifest.seq)
+        except Exception:
+            log.exception("cannot write the index snapshot to %s", partial.parent)
+            return
+        self._snapshot_seq = manifest.seq
         log.info("index snapshot written: %s (%d templates)", folder, manifest.templates)
-        return folder
 
     def _load_snapshot(self) -> bool:
         """Fill the index from the newest snapshot if it matches this store; False (and the

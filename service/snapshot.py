@@ -62,13 +62,13 @@ def change_record(change: Change | None) -> dict | None:
     return {**asdict(change), "kind": str(change.kind)}
 
 
-def write(directory: Path, snapshot: Snapshot) -> Path:
-    """Write `snapshot` as DIRECTORY/snapshot-SEQ and remove the older ones."""
+def stage(directory: Path, snapshot: Snapshot) -> Path:
+    """Write `snapshot`'s files into a new hidden folder in `directory` and return it; `publish`
+    makes it durable and visible. Only this step reads the indexes, so only it needs them held
+    still: it writes to the page cache, and the slow part (fsync) comes after."""
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"{PREFIX}{snapshot.manifest.seq}"
     # Unique even between containers sharing a volume (each may be pid 1).
     partial = directory / f".partial-{uuid.uuid4().hex}"
-    shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
         snapshot.templates.save(partial / "templates.faiss")
@@ -76,6 +76,18 @@ def write(directory: Path, snapshot: Snapshot) -> Path:
         np.save(partial / "owner.npy", snapshot.owner)
         (partial / "subjects.json").write_text(json.dumps(snapshot.subject_ids))
         (partial / MANIFEST).write_text(json.dumps(asdict(snapshot.manifest)))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return partial
+
+
+def publish(partial: Path, seq: int) -> Path:
+    """Make a staged snapshot durable, rename it to DIRECTORY/snapshot-SEQ beside it and
+    remove the older ones (and any interrupted writes)."""
+    directory = partial.parent
+    final = directory / f"{PREFIX}{seq}"
+    try:
         for file in partial.iterdir():
             with file.open("rb") as f:
                 os.fsync(f.fileno())
