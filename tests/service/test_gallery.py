@@ -364,7 +364,7 @@ class GalleryBehaviour:
             for rule in ("best", "mean"):
                 # Same candidates in the same order; the similarities may differ in the last
                 # float32 bit, as faiss sums in a different order for a read-back graph on
-                # some CPUs (AVX-512 here).
+                # some CPUs (this 2-core AMD EPYC with AVX2; not the AVX-512 Xeon).
                 got, want = b.identify(queries, 3, rule), rebuilt.identify(queries, 3, rule)
                 assert [[(c.subject_id, c.template_id) for c in row] for row in got] == [
                     [(c.subject_id, c.template_id) for c in row] for row in want
