@@ -429,13 +429,10 @@ class Gallery:
         # all), once per `snapshot_every` changes; the fsyncs come after the lock is released.
         with self._writing:
             staged = self._stage_snapshot_locked()
-        if staged is not None:
-            self._publish_snapshot(*staged)
+        self._publish_snapshot(staged)
 
     def _save_snapshot_locked(self) -> None:
-        staged = self._stage_snapshot_locked()
-        if staged is not None:
-            self._publish_snapshot(*staged)
+        self._publish_snapshot(self._stage_snapshot_locked())
 
     def _stage_snapshot_locked(self) -> tuple[Path, snapshot.Manifest] | None:
         """Caller holds `_writing`: the index's files, written but not yet durable or visible."""
@@ -467,7 +464,12 @@ class Gallery:
             return None
         return partial, manifest
 
-    def _publish_snapshot(self, partial: Path, manifest: snapshot.Manifest) -> None:
+    def _publish_snapshot(self, staged: tuple[Path, snapshot.Manifest] | None) -> None:
+        """Make what `_stage_snapshot_locked` wrote durable and visible (nothing if it wrote
+        nothing); needs no lock."""
+        if staged is None:
+            return
+        partial, manifest = staged
         try:
             folder = snapshot.publish(partial, manifest.seq)
         except Exception:
