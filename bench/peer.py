@@ -74,6 +74,7 @@ def facemargin_side(model: Path) -> tuple[str, int, callable]:
             photo = read_faces(
                 path.read_bytes(),
                 detector,
+                embedder.template,
                 Policy.largest,
                 settings.max_image_bytes,
                 settings.max_image_pixels,
@@ -81,7 +82,7 @@ def facemargin_side(model: Path) -> tuple[str, int, callable]:
             )
         except FaceMarginError:
             return None
-        return embedder.embed(stack(photo.faces[:1])).vectors[0]
+        return embedder.embed(stack(photo.faces[:1], embedder.template)).vectors[0]
 
     return embedder.contract.model_id, embedder.contract.embedding_dim, run
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from service.alignment import Template
 from service.contract import FAR_TARGETS, MIN_FALSE_ACCEPTS, Calibration, OperatingPoint, Validation
 from service.embedder import Embedder
 from training.data import load_rgb
@@ -42,7 +43,7 @@ def cfp_frontal(cfp_root: Path, aligned_root: Path) -> FaceSet:
     return FaceSet(
         name="cfp-frontal-all-pairs",
         description="every pair among CFP's frontal photos (500 people x 10), "
-        "aligned by facemargin's MTCNN pipeline",
+        "aligned by facemargin's own detection and alignment",
         root=aligned_root,
         paths=paths,
         identities=[p.split("/")[2] for p in paths],
@@ -191,12 +192,13 @@ class ValidationData:
         return self.aligned_root
 
 
-def prepared_cfp(cfp_root: Path, cache: Path, workers: int) -> Path:
-    """CFP aligned by `facemargin prepare` into `cache` (resumable: a finished cache costs a
-    directory scan), so thresholds are measured on exactly what the service will see."""
+def prepared_cfp(cfp_root: Path, cache: Path, workers: int, template: Template) -> Path:
+    """CFP aligned by `facemargin prepare` onto `template` into `cache` (resumable: a finished
+    cache costs a directory scan), so thresholds are measured on exactly what the service
+    will see."""
     from training.prepare import PrepareOptions, prepare
 
-    prepare(PrepareOptions(source=cfp_root, target=cache, workers=workers))
+    prepare(PrepareOptions(source=cfp_root, target=cache, workers=workers, template=template))
     return cache
 
 

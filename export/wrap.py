@@ -1,10 +1,12 @@
-"""`facemargin export wrap`: give a foreign ArcFace-style ONNX model our input, outputs and
+"""`facemargin export wrap`: give a foreign ONNX embedding model our input, outputs and
 contract, so users can serve the models they already have.
 
-The foreign convention (InsightFace's): float32 NCHW (N, 3, 112, 112), (x - 127.5) / 127.5,
-RGB, raw embedding out. The wrapped file takes the aligner's uint8 NHWC RGB faces, does that
-preprocessing inside the graph, and adds the norm and the L2-normalised embedding. The
-foreign graph itself is kept as it is, in its own opset.
+A foreign model takes float32 NCHW (N, 3, S, S) faces aligned to some template, in its own
+channel order and scaling (InsightFace's: 112, (x - 127.5) / 127.5, RGB; Open Model Zoo's:
+128, BGR 0-255), and returns a raw embedding. The wrapped file takes the aligner's uint8 NHWC
+RGB faces, does that preprocessing inside the graph, and adds the norm and the L2-normalised
+embedding; its contract names the template, so the service aligns what the model expects.
+The foreign graph itself is kept as it is, in its own opset.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from onnx import TensorProto, helper
 from export.calibration import ValidationData, measure
 from export.onnx_model import weights_id, write_contract
 from export.parity import FP32_MIN_COSINE, compare, parity_faces
-from service.alignment import TEMPLATE_NAME
+from service.alignment import ARCFACE_112, Template
 from service.contract import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     NORM_OUTPUT,
+    AlignmentSpec,
     Calibration,
+    InputSpec,
     ModelContract,
     OperatingPoint,
+    TrainingSummary,
 )
 
 _PREFIX = "network/"
@@ -46,6 +51,17 @@ class ForeignConvention:
         x = faces[..., ::-1] if self.bgr else faces
         return ((x.astype(np.float32) - self.mean) / self.std).transpose(0, 3, 1, 2).copy()
 
+    def input_spec(self, size: int) -> InputSpec:
+        order = "RGB to BGR, then " if self.bgr else ""
+        return InputSpec(
+            height=size,
+            width=size,
+            normalisation=f"{order}(x - {self.mean:g}) / {self.std:g}, inside the graph",
+            network_color="BGR" if self.bgr else "RGB",
+            network_mean=self.mean,
+            network_std=self.std,
+        )
+
 
 class ForeignModelError(ValueError):
     pass
@@ -55,8 +71,9 @@ def _opset(model: onnx.ModelProto) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _check_foreign(model: onnx.ModelProto) -> tuple[str, str, int]:
-    """(input name, output name, embedding size) of a one-input, one-output embedding model."""
+def _check_foreign(model: onnx.ModelProto, size: int) -> tuple[str, str, int]:
+    """(input name, output name, embedding size) of a one-input, one-output embedding model
+    taking (N, 3, size, size) faces."""
     initializers = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if len(inputs) != 1 or len(model.graph.output) != 1:
@@ -65,8 +82,11 @@ def _check_foreign(model: onnx.ModelProto) -> tuple[str, str, int]:
             f"and {len(model.graph.output)} outputs"
         )
     dims = [d.dim_value or d.dim_param for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or dims[1:] != [3, 112, 112]:
-        raise ForeignModelError(f"input {inputs[0].name!r} is {dims}, not (N, 3, 112, 112)")
+    if len(dims) != 4 or dims[1:] != [3, size, size]:
+        raise ForeignModelError(
+            f"input {inputs[0].name!r} is {dims}, not (N, 3, {size}, {size}) as the "
+            "alignment template makes"
+        )
     if inputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
         raise ForeignModelError(f"input {inputs[0].name!r} is not float32")
     out_dims = [
@@ -123,10 +143,10 @@ def unwrap(model: onnx.ModelProto) -> tuple[onnx.ModelProto, ForeignConvention]:
 
 
 def wrap_graph(
-    foreign: onnx.ModelProto, convention: ForeignConvention
+    foreign: onnx.ModelProto, convention: ForeignConvention, size: int = ARCFACE_112.size
 ) -> tuple[onnx.ModelProto, int]:
     """The foreign graph between our preprocessing and our normalisation."""
-    foreign_input, foreign_output, dim = _check_foreign(foreign)
+    foreign_input, foreign_output, dim = _check_foreign(foreign, size)
     opset = _opset(foreign)
     foreign = onnx.compose.add_prefix(foreign, _PREFIX)
     foreign_input, foreign_output = _PREFIX + foreign_input, _PREFIX + foreign_output
@@ -157,7 +177,7 @@ def wrap_graph(
     graph = helper.make_graph(
         nodes,
         "facemargin-wrapped",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", 112, 112, 3])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["batch", size, size, 3])],
         [
             helper.make_tensor_value_info(EMBEDDING_OUTPUT, TensorProto.FLOAT, ["batch", dim]),
             helper.make_tensor_value_info(NORM_OUTPUT, TensorProto.FLOAT, ["batch"]),
@@ -189,49 +209,69 @@ def user_calibration(thresholds: dict[float, float]) -> Calibration:
     )
 
 
-def wrap_model(
-    foreign_path: Path,
+Reference = Callable[[np.ndarray], np.ndarray]
+
+
+def onnxruntime_reference(path: Path, convention: ForeignConvention) -> Reference:
+    """The foreign file run directly in onnxruntime, preprocessed by hand, face by face."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(faces: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [session.run(None, {name: convention.preprocess(f[None])})[0] for f in faces]
+        )
+
+    return run
+
+
+def contract_model(
+    foreign: onnx.ModelProto,
     out: Path,
+    *,
+    template: Template,
+    convention: ForeignConvention,
+    reference: Reference,
+    reference_name: str,
     validation: ValidationData | None,
-    thresholds: dict[float, float] | None = None,
-    convention: ForeignConvention = ForeignConvention(),
-    parity_root: Path | None = None,
+    source: str,
+    exporter: str,
     backbone: str = "foreign",
+    thresholds: dict[float, float] | None = None,
+    training: TrainingSummary | None = None,
+    parity_root: Path | None = None,
     progress: bool = True,
     report: Callable[[str], None] = print,
 ) -> ModelContract:
-    foreign = onnx.load(str(foreign_path))
-    model, dim = wrap_graph(foreign, convention)
+    """Wrap `foreign`, prove it computes what `reference` does on real aligned faces, measure
+    its thresholds and write it with its contract; `out` appears only when all of it passed."""
+    model, dim = wrap_graph(foreign, convention, template.size)
     partial = out.with_name(out.name + ".partial")
     try:
         onnx.save(model, str(partial))
         contract = ModelContract(
             model_id=weights_id(model),
             embedding_dim=dim,
-            alignment_template=TEMPLATE_NAME,
+            input=convention.input_spec(template.size),
+            alignment_template=template.name,
+            alignment=AlignmentSpec.of(template),
             backbone=backbone,
-            source=foreign_path.name,
+            training=training,
+            source=source,
             exported_at=datetime.now(UTC),
-            exporter="facemargin export wrap",
+            exporter=exporter,
         )
         write_contract(partial, contract)
         from service.embedder import Embedder
 
         embedder = Embedder(partial)
         faces = parity_faces(validation, parity_root)
-        session = ort.InferenceSession(str(foreign_path), providers=["CPUExecutionProvider"])
-        raw = np.concatenate(
-            [
-                session.run(None, {session.get_inputs()[0].name: convention.preprocess(f[None])})[0]
-                for f in faces
-            ]
-        )
-        reference = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+        raw = reference(faces).reshape(len(faces), -1).astype(np.float64)
         parity = compare(
-            reference,
+            raw / np.linalg.norm(raw, axis=1, keepdims=True),
             embedder,
             faces,
-            f"{foreign_path.name} run directly",
+            reference_name,
             FP32_MIN_COSINE,
             report=report,
         )
@@ -249,3 +289,33 @@ def wrap_model(
     finally:
         partial.unlink(missing_ok=True)
     return contract
+
+
+def wrap_model(
+    foreign_path: Path,
+    out: Path,
+    validation: ValidationData | None,
+    thresholds: dict[float, float] | None = None,
+    convention: ForeignConvention = ForeignConvention(),
+    parity_root: Path | None = None,
+    backbone: str = "foreign",
+    template: Template = ARCFACE_112,
+    progress: bool = True,
+    report: Callable[[str], None] = print,
+) -> ModelContract:
+    return contract_model(
+        onnx.load(str(foreign_path)),
+        out,
+        template=template,
+        convention=convention,
+        reference=onnxruntime_reference(foreign_path, convention),
+        reference_name=f"{foreign_path.name} run directly",
+        validation=validation,
+        source=foreign_path.name,
+        exporter="facemargin export wrap",
+        backbone=backbone,
+        thresholds=thresholds,
+        parity_root=parity_root,
+        progress=progress,
+        report=report,
+    )

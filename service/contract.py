@@ -12,7 +12,9 @@ import math
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.alignment import Template, template_named
 
 CONTRACT_KEY = "facemargin.contract"
 CONTRACT_FORMAT = "facemargin-model-1"
@@ -44,6 +46,28 @@ class InputSpec(_Strict):
         "(x - 127.5) / 127.5, inside the graph",
         description="Done by the graph itself; callers pass raw aligned pixels.",
     )
+    network_color: Literal["RGB", "BGR"] = Field(
+        "RGB",
+        description="Channel order the network inside was trained on; the graph swaps RGB "
+        "input to it itself.",
+    )
+    network_mean: float = Field(127.5, description="Subtracted inside the graph.")
+    network_std: float = Field(127.5, description="Divided by inside the graph.")
+
+
+class AlignmentSpec(_Strict):
+    """The alignment template as data: five (x, y) points in a size x size crop."""
+
+    name: str
+    size: int = Field(gt=0)
+    points: tuple[tuple[float, float], ...] = Field(min_length=5, max_length=5)
+
+    @classmethod
+    def of(cls, template: Template) -> AlignmentSpec:
+        return cls(name=template.name, size=template.size, points=template.points)
+
+    def template(self) -> Template:
+        return Template(self.name, self.size, self.points)
 
 
 class Objective(_Strict):
@@ -151,6 +175,11 @@ class ModelContract(_Strict):
         }
     )
     alignment_template: str
+    alignment: AlignmentSpec | None = Field(
+        None,
+        description="The template's points; files written before it existed name a built-in "
+        "template in alignment_template instead.",
+    )
     backbone: str
     parameters: int | None = None
     macs: int | None = None
@@ -163,6 +192,22 @@ class ModelContract(_Strict):
     validation: list[Validation] = Field(default_factory=list)
     parity: Parity | None = None
     quantization: Quantization | None = None
+
+    @model_validator(mode="after")
+    def _template_fits_input(self) -> ModelContract:
+        size = self.template().size
+        if (self.input.height, self.input.width) != (size, size):
+            raise ValueError(
+                f"alignment template {self.alignment_template!r} makes {size}x{size} crops "
+                f"but the input is {self.input.height}x{self.input.width}"
+            )
+        return self
+
+    def template(self) -> Template:
+        """Where the aligner must put the landmarks for this model."""
+        if self.alignment is not None:
+            return self.alignment.template()
+        return template_named(self.alignment_template)
 
     def quality(self, norm: float) -> float | None:
         """The norm relative to the calibration faces' median (1.0 = a typical face)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.alignment import Template
 from service.contract import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
@@ -84,6 +85,8 @@ class Embedder:
                 "wrap it with: facemargin export wrap MODEL.onnx OUT.onnx"
             )
         self.contract: ModelContract = contract
+        # Resolved once: every request aligns to it.
+        self.template: Template = contract.template()
         self.batch_size = batch_size
         inputs = {i.name: i for i in self.session.get_inputs()}
         if INPUT_NAME not in inputs:
@@ -99,7 +102,8 @@ class Embedder:
         return self.session.get_providers()
 
     def embed(self, faces: np.ndarray) -> Embeddings:
-        """Embeddings for aligned faces, uint8 (N, 112, 112, 3) RGB, in chunks of batch_size."""
+        """Embeddings for faces aligned to the contract's template, uint8 (N, size, size, 3)
+        RGB, in chunks of batch_size."""
         spec = self.contract.input
         expected = (spec.height, spec.width, spec.channels)
         if faces.dtype != np.uint8 or faces.ndim != 4 or faces.shape[1:] != expected:

@@ -13,6 +13,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from service.alignment import Template
 from service.detection import Detector, Face, FacePolicy
 from service.errors import FaceTooSmall, MultipleFaces, NoFace
 from service.imaging import DecodedImage, decode_image
@@ -52,6 +53,7 @@ def short_side(face: Face) -> float:
 def read_faces(
     data: bytes,
     detector: Detector,
+    template: Template,
     policy: Policy,
     max_bytes: int,
     max_pixels: int,
@@ -63,7 +65,9 @@ def read_faces(
     start = time.perf_counter()
     image = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
     decoded = time.perf_counter()
-    aligned, detected = detect_and_align(image.pixels, detector, _detection_policy(policy))
+    aligned, detected = detect_and_align(
+        image.pixels, detector, _detection_policy(policy), template
+    )
     timings = (decoded - start, time.perf_counter() - decoded)
     if not aligned:
         raise NoFace(f"{what}: no face found", {"field": what})
@@ -85,5 +89,8 @@ def read_faces(
     return PhotoFaces(image, large, detected, hashlib.sha256(data).hexdigest(), *timings)
 
 
-def stack(faces: list[AlignedFace]) -> np.ndarray:
-    return np.stack([f.pixels for f in faces]) if faces else np.zeros((0, 112, 112, 3), np.uint8)
+def stack(faces: list[AlignedFace], template: Template) -> np.ndarray:
+    """Aligned faces as one (N, size, size, 3) batch; N may be 0."""
+    if not faces:
+        return np.zeros((0, template.size, template.size, 3), np.uint8)
+    return np.stack([f.pixels for f in faces])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.alignment import align_face
+from service.alignment import ARCFACE_112, Template, align_face
 from service.detection import Detector, Face, FacePolicy, select_faces
 from service.settings import DetectorKind, Settings
 
@@ -15,7 +15,7 @@ from service.settings import DetectorKind, Settings
 @dataclass(frozen=True)
 class AlignedFace:
     face: Face
-    pixels: np.ndarray  # (112, 112, 3) uint8 RGB on the ArcFace template
+    pixels: np.ndarray  # (size, size, 3) uint8 RGB on the model's template
 
 
 def build_detector(settings: Settings) -> Detector:
@@ -39,9 +39,14 @@ def build_detector(settings: Settings) -> Detector:
 
 
 def detect_and_align(
-    image: np.ndarray, detector: Detector, policy: FacePolicy = FacePolicy.largest
+    image: np.ndarray,
+    detector: Detector,
+    policy: FacePolicy = FacePolicy.largest,
+    template: Template = ARCFACE_112,
 ) -> tuple[list[AlignedFace], int]:
-    """Aligned faces chosen by `policy`, and how many faces the detector saw in all."""
+    """Faces chosen by `policy` aligned onto `template` (the embedding model's), and how many
+    faces the detector saw in all."""
     faces = detector.detect(image)
     chosen = select_faces(faces, policy, image.shape)
-    return [AlignedFace(face, align_face(image, face.landmarks)) for face in chosen], len(faces)
+    aligned = [AlignedFace(face, align_face(image, face.landmarks, template)) for face in chosen]
+    return aligned, len(faces)

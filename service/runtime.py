@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
+from service.alignment import Template
 from service.batching import MicroBatcher
 from service.contract import ModelContract
 from service.detection import Detector
@@ -77,6 +78,11 @@ class Runtime:
     @property
     def contract(self) -> ModelContract:
         return self.embedder.contract
+
+    @property
+    def template(self) -> Template:
+        """The alignment the served model was trained on."""
+        return self.embedder.template
 
     def require_gallery(self) -> Gallery:
         if self.gallery is None:

@@ -14,10 +14,11 @@ from training.config import Augmentation
 def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare = commands.add_parser(
         "prepare",
-        help="detect and align raw face photos into 112x112 training faces",
-        description="Turn SOURCE (one sub-folder per identity, any depth) into aligned 112x112 "
-        "faces under TARGET with the same layout, using the service's own detector and "
-        "alignment. Resumable: rerun the same command to continue. Writes "
+        help="detect and align raw face photos into training faces",
+        description="Turn SOURCE (one sub-folder per identity, any depth) into aligned faces "
+        "under TARGET with the same layout, using the service's own detector and alignment, "
+        "onto the template of --model (default: ArcFace 112x112). Resumable: rerun the same "
+        "command to continue. Writes "
         "prepare-report.jsonl (one line per image: ok, no_face, multiple_faces, unreadable) "
         "and prepare-summary.json (detection yield per top-level folder). The detector is "
         "chosen by FACEMARGIN_DETECTOR / FACEMARGIN_DETECTOR_PATH as for the service.",
@@ -39,6 +40,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     prepare.add_argument(
         "--format", choices=["png", "jpg"], default="png", help="output image format"
+    )
+    prepare.add_argument(
+        "--model",
+        type=Path,
+        help="align to this embedding model's template (an ONNX file with a facemargin "
+        "contract), so the faces are what that model is served",
     )
     prepare.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="parallel processes"
@@ -185,20 +192,36 @@ def _run_backbones(args: argparse.Namespace) -> int:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
+    from service.alignment import ARCFACE_112
     from training.prepare import PrepareOptions, prepare
 
     if not args.source.is_dir():
         raise SystemExit(f"facemargin prepare: {args.source} is not a folder")
-    summary = prepare(
-        PrepareOptions(
-            source=args.source,
-            target=args.target,
-            policy=args.policy,
-            skip_multiple=args.skip_multiple,
-            image_format=args.format,
-            workers=max(args.workers, 1),
+    template = ARCFACE_112
+    if args.model is not None:
+        from service.embedder import Embedder, ModelContractError
+
+        if not args.model.is_file():
+            raise SystemExit(f"facemargin prepare: --model {args.model}: no such file")
+        try:
+            template = Embedder(args.model).template
+        except (ModelContractError, FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"facemargin prepare: --model {args.model}: {error}") from None
+    print(f"aligning to {template.name} ({template.size}x{template.size})")
+    try:
+        summary = prepare(
+            PrepareOptions(
+                source=args.source,
+                target=args.target,
+                policy=args.policy,
+                skip_multiple=args.skip_multiple,
+                image_format=args.format,
+                workers=max(args.workers, 1),
+                template=template,
+            )
         )
-    )
+    except ValueError as error:
+        raise SystemExit(f"facemargin prepare: {error}") from None
     for group, row in summary.items():
         print(
             f"{group:>10}: {int(row.get('ok', 0)):>6} / {int(row['images']):>6} faces "

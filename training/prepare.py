@@ -1,4 +1,5 @@
-"""`facemargin prepare`: raw photos, one folder per identity, to aligned 112x112 faces.
+"""`facemargin prepare`: raw photos, one folder per identity, to faces aligned onto a model's
+template (ArcFace 112x112 unless told otherwise).
 
 Runs the service's own decode -> detect -> align path, so training sees exactly the pixels the
 service will produce. Resumable: every finished image is appended to a JSON-lines report, and a
@@ -20,6 +21,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
+from service.alignment import ARCFACE_112, Template
 from service.detection import FacePolicy
 from service.errors import FaceMarginError
 from service.imaging import read_image
@@ -27,6 +29,7 @@ from service.preprocess import build_detector, detect_and_align
 from service.settings import Settings
 
 REPORT_NAME = "prepare-report.jsonl"
+TEMPLATE_NAME = "prepare-template.json"
 SUMMARY_NAME = "prepare-summary.json"
 
 
@@ -45,6 +48,7 @@ class PrepareOptions:
     skip_multiple: bool = False
     image_format: str = "png"
     workers: int = max(os.cpu_count() or 1, 1)
+    template: Template = ARCFACE_112
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,12 @@ def _process(relative: str) -> Record:
         image = read_image(options.source / relative).pixels
     except FaceMarginError as error:
         return Record(relative, Status.unreadable, reason=f"{error.code}: {error.message}")
-    faces, seen = detect_and_align(image, _worker["detector"], options.policy)  # type: ignore[arg-type]
+    faces, seen = detect_and_align(
+        image,
+        _worker["detector"],  # type: ignore[arg-type]
+        options.policy,
+        options.template,
+    )
     if not faces:
         return Record(relative, Status.no_face)
     if seen > 1 and options.skip_multiple:
@@ -155,8 +164,27 @@ def summarise(records: dict[str, Record]) -> dict[str, dict[str, float]]:
     return summary
 
 
+def _claim_target(options: PrepareOptions) -> None:
+    """Record the template in the target; refuse to resume a folder aligned to another one,
+    which would mix two kinds of crop in one training set."""
+    marker = options.target / TEMPLATE_NAME
+    wanted = {"template": options.template.name, "size": options.template.size}
+    if marker.exists():
+        found = json.loads(marker.read_text())
+        if found != wanted:
+            raise ValueError(
+                f"{options.target} holds faces aligned to {found['template']} "
+                f"({found['size']} px); choose another target for {wanted['template']}"
+            )
+    elif (options.target / REPORT_NAME).exists() and options.template.name != "arcface-112-5pt":
+        # Folders from before the marker existed were all aligned to ArcFace 112.
+        raise ValueError(f"{options.target} holds faces aligned to arcface-112-5pt")
+    marker.write_text(json.dumps(wanted) + "\n")
+
+
 def prepare(options: PrepareOptions) -> dict[str, dict[str, float]]:
     options.target.mkdir(parents=True, exist_ok=True)
+    _claim_target(options)
     done = read_report(options.target)
     todo = [p for p in find_images(options.source) if p not in done]
     report_path = options.target / REPORT_NAME

@@ -57,6 +57,7 @@ async def faces_of(upload: UploadFile, runtime: Runtime, policy: Policy, what: s
         read_faces,
         data,
         runtime.detector,
+        runtime.template,
         policy,
         settings.max_image_bytes,
         settings.max_image_pixels,

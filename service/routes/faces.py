@@ -60,7 +60,7 @@ async def verify(
             faces_of(image1, runtime, policy, "image1"), faces_of(image2, runtime, policy, "image2")
         )
         a, b = first.faces[0], second.faces[0]
-        embedded = await runtime.batcher.embed(stack([a, b]))
+        embedded = await runtime.batcher.embed(stack([a, b], runtime.template))
     similarity = cosine(embedded.vectors[0], embedded.vectors[1])
     return VerifyResponse(
         similarity=round(similarity, 6),
@@ -84,7 +84,7 @@ async def embed(
     them only with embeddings from the same model_id."""
     async with runtime.admitted():
         photo = await faces_of(image, runtime, face_policy, "image")
-        embedded = await runtime.batcher.embed(stack(photo.faces))
+        embedded = await runtime.batcher.embed(stack(photo.faces, runtime.template))
     return EmbedResponse(
         faces=[
             EmbeddedFace(

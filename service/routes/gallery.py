@@ -98,7 +98,7 @@ async def enroll(
                 raise photo
             else:
                 accepted.append((index, upload, photo))
-        embedded = await runtime.batcher.embed(stack([p.faces[0] for _, _, p in accepted]))
+        embedded = await runtime.batcher.embed(stack([p.faces[0] for _, _, p in accepted], runtime.template))
         floor = settings.min_enroll_quality
         if floor is None:
             floor = runtime.contract.default_min_quality()
@@ -196,7 +196,7 @@ async def identify(
     gallery = runtime.require_gallery()
     async with runtime.admitted():
         photo = await faces_of(image, runtime, face_policy, "image")
-        embedded = await runtime.batcher.embed(stack(photo.faces))
+        embedded = await runtime.batcher.embed(stack(photo.faces, runtime.template))
         ranked = await runtime.run(
             "search", lambda: gallery.identify(embedded.vectors, top_k=top_k, rule=rule.value)
         )

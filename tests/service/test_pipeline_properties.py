@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.alignment import align_face
+from service.alignment import ARCFACE_112, align_face
 from service.errors import FaceMarginError
 from service.faces import Policy, read_faces
 from tests.conftest import load_rgb, sample_photos
@@ -58,6 +58,7 @@ def test_any_picture_gives_aligned_faces_or_a_typed_error(mtcnn, picture, fmt, d
         photo = read_faces(
             encoded(picture, fmt),
             mtcnn,
+            ARCFACE_112,
             policy,
             max_bytes=20 * 1024 * 1024,
             max_pixels=40_000_000,
