@@ -63,7 +63,7 @@ def embed_paths(
     ) as bar:
         for start in range(0, len(present), batch_size):
             chunk = present[start : start + batch_size]
-            faces = np.stack([load_rgb(path) for _, path in chunk])
+            faces = np.stack([load_rgb(path, embedder.template.size) for _, path in chunk])
             result = embedder.embed(faces)
             rows = [i for i, _ in chunk]
             out[rows] = result.vectors

@@ -44,7 +44,8 @@ def openvino_reference(xml: Path, convention: ForeignConvention) -> tuple[Refere
         blobs = convention.preprocess(faces)
         return np.concatenate([compiled([blob[None]])[output].reshape(1, -1) for blob in blobs])
 
-    return run, f"{xml.name} in OpenVINO {ov.__version__} (CPU, f32)"
+    version = ov.__version__.split("-")[0]
+    return run, f"{xml.name} in OpenVINO {version} (CPU, f32)"
 
 
 def convert_omz(

@@ -26,21 +26,23 @@ class ParityError(RuntimeError):
     pass
 
 
-def aligned_faces(root: Path, limit: int) -> np.ndarray:
-    """Up to `limit` aligned faces found under `root`, uint8 (N, 112, 112, 3) RGB, in a stable
-    order spread over the folder (every k-th file, not the first person's photos only)."""
+def aligned_faces(root: Path, limit: int, size: int = 112) -> np.ndarray:
+    """Up to `limit` aligned faces found under `root`, uint8 (N, size, size, 3) RGB, in a
+    stable order spread over the folder (every k-th file, not the first person's photos only)."""
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no aligned faces under {root}")
     step = max(len(files) // limit, 1)
-    return np.stack([load_rgb(p) for p in files[::step][:limit]])
+    return np.stack([load_rgb(p, size) for p in files[::step][:limit]])
 
 
-def parity_faces(validation: ValidationData | None, parity_root: Path | None) -> np.ndarray:
+def parity_faces(
+    validation: ValidationData | None, parity_root: Path | None, size: int = 112
+) -> np.ndarray:
     """The real faces every export is checked on: `parity_root`, else the validation set's."""
     if parity_root is None and validation is None:
         raise ValueError("parity needs real aligned faces: give validation data or parity faces")
-    return aligned_faces(parity_root or validation.faces_for_parity(), PARITY_FACES)
+    return aligned_faces(parity_root or validation.faces_for_parity(), PARITY_FACES, size)
 
 
 @torch.no_grad()

@@ -108,10 +108,11 @@ def make_fp16(
         network, convention = unwrap(onnx.load(str(source)))
         network = convert_float_to_float16(network, keep_io_types=True)
         topologically_sorted(network.graph)
-        model, _ = wrap_graph(network, convention)
+        size = parent.template().size
+        model, _ = wrap_graph(network, convention, size)
         onnx.save(model, str(partial))
         write_contract(partial, parent.model_copy(update={"variant": "fp16"}))
-        faces = parity_faces(validation, parity_root)
+        faces = parity_faces(validation, parity_root, size)
         reference = run_in_batches(Embedder(source), faces, 8)
         parity = compare(
             reference,
@@ -167,7 +168,7 @@ def make_int8(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }
-    faces = aligned_faces(calibration_root, calibration_faces)
+    faces = aligned_faces(calibration_root, calibration_faces, parent.template().size)
     partial = out.with_name(out.name + ".partial")
     try:
         with tempfile.TemporaryDirectory() as scratch:

@@ -265,7 +265,7 @@ def contract_model(
         from service.embedder import Embedder
 
         embedder = Embedder(partial)
-        faces = parity_faces(validation, parity_root)
+        faces = parity_faces(validation, parity_root, template.size)
         raw = reference(faces).reshape(len(faces), -1).astype(np.float64)
         parity = compare(
             raw / np.linalg.norm(raw, axis=1, keepdims=True),

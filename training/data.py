@@ -88,13 +88,14 @@ def _subset(index: FaceIndex, classes: Sequence[int]) -> FaceIndex:
     )
 
 
-def load_rgb(path: Path) -> np.ndarray:
+def load_rgb(path: Path, size: int = ALIGNED_SIZE) -> np.ndarray:
+    """An aligned face written by `facemargin prepare`, RGB, refused unless size x size."""
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise OSError(f"cannot read aligned face {path}")
-    if image.shape[:2] != (ALIGNED_SIZE, ALIGNED_SIZE):
+    if image.shape[:2] != (size, size):
         raise ValueError(
-            f"{path} is {image.shape[1]}x{image.shape[0]}, not an aligned 112x112 face"
+            f"{path} is {image.shape[1]}x{image.shape[0]}, not an aligned {size}x{size} face"
         )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
