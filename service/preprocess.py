@@ -29,6 +29,17 @@ def build_detector(settings: Settings) -> Detector:
             min_face_size=settings.min_face_size,
             threads=settings.onnx_threads,
         )
+    if settings.detector is DetectorKind.yunet:
+        from service.settings import MODELS_DIR
+        from service.yunet import YunetDetector
+
+        path = settings.detector_path
+        return YunetDetector(
+            path if path.is_file() and path.suffix == ".onnx" else MODELS_DIR / "yunet.onnx",
+            score_threshold=settings.detection_threshold,
+            min_face_size=settings.min_face_size,
+            threads=settings.onnx_threads,
+        )
     from service.mtcnn import MtcnnConfig, MtcnnDetector
 
     return MtcnnDetector(

@@ -25,6 +25,7 @@ MODELS_DIR = _shipped_models_dir()
 class DetectorKind(StrEnum):
     mtcnn = "mtcnn"
     scrfd = "scrfd"
+    yunet = "yunet"
 
 
 class IndexKind(StrEnum):
