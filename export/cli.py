@@ -14,7 +14,7 @@ from pathlib import Path
 # Kept here, not imported from export.mtcnn, so `facemargin --help` never loads torch.
 WHEEL_NAME = "facenet_pytorch-2.6.0-py3-none-any.whl"
 DEFAULT_CFP = Path("../shared/data/val/cfp")
-TARGETS = ("model", "fp16", "int8", "wrap", "detector")
+TARGETS = ("model", "fp16", "int8", "wrap", "omz", "detector", "yunet")
 
 
 def default_target(argv: Sequence[str]) -> list[str]:
@@ -40,6 +40,7 @@ def _reports_failures(run: Callable[[argparse.Namespace], int]):
 
     @functools.wraps(run)
     def wrapper(args: argparse.Namespace) -> int:
+        from export.omz import OpenVinoMissing
         from export.parity import ParityError
         from export.variants import VariantRejected
         from export.wrap import ForeignModelError
@@ -53,6 +54,7 @@ def _reports_failures(run: Callable[[argparse.Namespace], int]):
             VariantRejected,
             ForeignModelError,
             ModelContractError,
+            OpenVinoMissing,
             FileNotFoundError,
         ) as error:
             print(f"facemargin export {args.target}: error: {error}", file=sys.stderr)
@@ -75,7 +77,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_fp16(targets)
     _add_int8(targets)
     _add_wrap(targets)
+    _add_omz(targets)
     _add_detector(targets)
+    _add_yunet(targets)
     inspect = commands.add_parser(
         "inspect",
         help="print the contract inside a model file",
@@ -202,6 +206,12 @@ def _add_wrap(targets: argparse._SubParsersAction) -> None:
     wrap.add_argument("--mean", type=float, default=127.5, help="pixel mean it expects")
     wrap.add_argument("--std", type=float, default=127.5, help="pixel scale it expects")
     wrap.add_argument("--bgr", action="store_true", help="it expects BGR, not RGB")
+    wrap.add_argument(
+        "--template",
+        choices=_template_names(),
+        default="arcface-112-5pt",
+        help="the alignment it was trained on (sets the input size)",
+    )
     wrap.add_argument("--backbone", default="foreign", help="how the contract names it")
     wrap.add_argument(
         "--threshold",
@@ -212,6 +222,47 @@ def _add_wrap(targets: argparse._SubParsersAction) -> None:
     )
     _add_validation_flags(wrap)
     wrap.set_defaults(run=_run_wrap)
+
+
+def _template_names() -> list[str]:
+    from service.alignment import TEMPLATES
+
+    return list(TEMPLATES)
+
+
+def _template_of(model: Path) -> str:
+    from export.onnx_model import read_contract
+
+    contract = read_contract(model)
+    if contract is None:
+        raise ExportFailed(f"{model} has no facemargin contract")
+    return contract.template().name
+
+
+def _add_omz(targets: argparse._SubParsersAction) -> None:
+    omz = targets.add_parser(
+        "omz",
+        help="convert an Open Model Zoo face embedder (OpenVINO IR) to a contract model",
+        description="Convert an OpenVINO IR v11 face embedder such as Intel's "
+        "face-reidentification-retail-0095 (Apache-2.0) to ONNX with facemargin's own code, "
+        "give it our input (uint8 RGB faces aligned to the OMZ 128x128 template; the BGR swap "
+        "happens inside the graph) and outputs, check per-face cosine >= 0.99999 against the "
+        "OpenVINO runtime on real aligned faces (needs `pip install openvino`), and calibrate "
+        "thresholds through the service's own detection and alignment.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    omz.add_argument("xml", type=Path, help="the IR's .xml (its .bin beside it)")
+    omz.add_argument("out", type=Path, help="output .onnx")
+    omz.add_argument(
+        "--template", choices=_template_names(), default="omz-128-5pt", help="its alignment"
+    )
+    omz.add_argument(
+        "--training-data",
+        default="VGGFace2 (trained by Intel, per its training-extensions repository)",
+        help="how the contract names the data the network was trained on",
+    )
+    _add_validation_flags(omz)
+    omz.set_defaults(run=_run_omz)
 
 
 def _add_detector(targets: argparse._SubParsersAction) -> None:
@@ -232,10 +283,26 @@ def _add_detector(targets: argparse._SubParsersAction) -> None:
     detector.set_defaults(run=_run_detector)
 
 
-def _validation(args: argparse.Namespace):
-    """The ValidationData the flags describe, aligning raw CFP first when needed; None with
-    --no-calibration."""
+def _add_yunet(targets: argparse._SubParsersAction) -> None:
+    yunet = targets.add_parser(
+        "yunet",
+        help="make OpenCV Zoo's YuNet face detector run at any input size",
+        description="Rewrite face_detection_yunet_2023mar.onnx (MIT licence, OpenCV Zoo) so "
+        "its input is (1, 3, height, width) instead of a fixed 640x640; nodes and weights are "
+        "unchanged, and the source's name, SHA-256 and licence go into the file's metadata. "
+        "Needs the onnx package (the train extra).",
+    )
+    yunet.add_argument("source", type=Path, help="face_detection_yunet_2023mar.onnx")
+    yunet.add_argument("out", type=Path, help="output .onnx (the service reads models/yunet.onnx)")
+    yunet.set_defaults(run=_run_yunet)
+
+
+def _validation(args: argparse.Namespace, template_name: str = "arcface-112-5pt"):
+    """The ValidationData the flags describe, aligning raw CFP onto the model's template
+    first when needed; None with --no-calibration."""
     from export.calibration import ValidationData, prepared_cfp
+    from service.alignment import template_named
+    from service.settings import get_settings
 
     if getattr(args, "no_calibration", False):
         return None
@@ -252,8 +319,12 @@ def _validation(args: argparse.Namespace):
         )
     aligned = args.aligned_cfp
     if aligned is None:
-        key = hashlib.sha256(str(args.cfp.resolve()).encode()).hexdigest()[:8]
-        aligned = prepared_cfp(args.cfp, args.cache / f"cfp-{key}", args.workers)
+        # One cache per data set, template and detector: each makes different crops.
+        detector = get_settings().detector.value
+        origin = f"{args.cfp.resolve()}|{template_name}|{detector}"
+        key = hashlib.sha256(origin.encode()).hexdigest()[:8]
+        cache = args.cache / f"cfp-{template_name}-{detector}-{key}"
+        aligned = prepared_cfp(args.cfp, cache, args.workers, template_named(template_name))
     return ValidationData(aligned_root=aligned, cfp_root=args.cfp)
 
 
@@ -297,7 +368,8 @@ def _run_model(args: argparse.Namespace) -> int:
 def _run_fp16(args: argparse.Namespace) -> int:
     from export.variants import make_fp16
 
-    make_fp16(args.model, args.out, _validation(args), parity_root=args.parity_faces)
+    validation = _validation(args, _template_of(args.model))
+    make_fp16(args.model, args.out, validation, parity_root=args.parity_faces)
     _print_summary(args.out)
     return 0
 
@@ -309,7 +381,7 @@ def _run_int8(args: argparse.Namespace) -> int:
     make_int8(
         args.model,
         args.out,
-        _validation(args),
+        _validation(args, _template_of(args.model)),
         args.calibration_faces,
         calibration_faces=args.calibration_count,
         tolerance_pp=args.tolerance,
@@ -322,16 +394,40 @@ def _run_int8(args: argparse.Namespace) -> int:
 @_reports_failures
 def _run_wrap(args: argparse.Namespace) -> int:
     from export.wrap import ForeignConvention, wrap_model
+    from service.alignment import template_named
 
     wrap_model(
         args.foreign,
         args.out,
-        _validation(args),
+        _validation(args, args.template),
+        template=template_named(args.template),
         thresholds=dict(args.threshold) if args.threshold else None,
         convention=ForeignConvention(mean=args.mean, std=args.std, bgr=args.bgr),
         parity_root=args.parity_faces,
         backbone=args.backbone,
     )
+    _print_summary(args.out)
+    return 0
+
+
+@_reports_failures
+def _run_omz(args: argparse.Namespace) -> int:
+    from export.omz import convert_omz
+    from service.alignment import template_named
+
+    if not args.xml.is_file():
+        raise ExportFailed(f"{args.xml}: no such file")
+    try:
+        convert_omz(
+            args.xml,
+            args.out,
+            _validation(args, args.template),
+            template=template_named(args.template),
+            training_data=args.training_data,
+            parity_root=args.parity_faces,
+        )
+    except ValueError as error:  # an IR the converter cannot express, said in one line
+        raise ExportFailed(str(error)) from None
     _print_summary(args.out)
     return 0
 
@@ -350,6 +446,19 @@ def _run_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_yunet(args: argparse.Namespace) -> int:
+    # Not @_reports_failures: that imports the torch-based exporters, which this needs not.
+    from export.yunet import convert_yunet
+
+    try:
+        convert_yunet(args.source, args.out)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"facemargin export {args.target}: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
+    return 0
+
+
 def format_contract(contract) -> str:
     """The contract as a person reads it."""
     lines = [
@@ -361,7 +470,7 @@ def format_contract(contract) -> str:
         f"input        {contract.input.name}: {contract.input.dtype} {contract.input.layout} "
         f"(N, {contract.input.height}, {contract.input.width}, {contract.input.channels}) "
         f"{contract.input.color}, {contract.input.normalisation}",
-        f"alignment    {contract.alignment_template}",
+        f"alignment    {contract.alignment_template} ({contract.template().size} px)",
         f"source       {contract.source}, exported {contract.exported_at:%Y-%m-%d %H:%M} UTC "
         f"by {contract.exporter}",
     ]
@@ -374,7 +483,8 @@ def format_contract(contract) -> str:
     if contract.training is not None:
         t = contract.training
         lines.append(
-            f"training     {t.data}: {t.identities} identities"
+            f"training     {t.data}"
+            + (f": {t.identities} identities" if t.identities else "")
             + (f", {t.images:,} images" if t.images else "")
             + (f", {t.epochs:g} epochs ({t.steps} steps)" if t.epochs is not None else "")
             + (f", started from model {t.initialised_from}" if t.initialised_from else "")

@@ -61,9 +61,12 @@ def prepare_subset(
     offset: int = 0,
     source: Path = DATA / "train" / "celeba",
     pattern: str = "*.jpg",
+    template_name: str = "arcface-112-5pt",
 ) -> Path:
     """Copy a slice of identities (CelebA by default) into `root/raw` and align them into
-    `root/aligned`. `pattern` picks the photos inside an identity folder."""
+    `root/aligned` onto the named template. `pattern` picks the photos inside an identity
+    folder."""
+    from service.alignment import template_named
     from training.prepare import PrepareOptions, prepare
 
     if not source.is_dir():
@@ -75,7 +78,8 @@ def prepare_subset(
         for photo in sorted(folder.glob(pattern))[:per_identity]:
             shutil.copy(photo, raw / folder.name / photo.name)
     aligned = root / "aligned"
-    prepare(PrepareOptions(source=raw, target=aligned, workers=2))
+    template = template_named(template_name)
+    prepare(PrepareOptions(source=raw, target=aligned, workers=2, template=template))
     return aligned
 
 

@@ -8,10 +8,13 @@ import pytest
 
 from service.alignment import (
     ALIGNED_SIZE,
+    ARCFACE_112,
     ARCFACE_TEMPLATE,
+    OMZ_128,
     align_face,
     alignment_matrix,
     similarity_transform,
+    template_named,
     transform_points,
 )
 from tests.conftest import load_rgb
@@ -95,3 +98,24 @@ def test_real_faces_land_on_the_template(mtcnn, photos):
     assert len(errors) >= 8
     print(f"mean landmark error after alignment: {np.mean(errors):.2f} px")
     assert np.median(errors) < 3.0
+
+
+@pytest.mark.parametrize("template", [ARCFACE_112, OMZ_128], ids=lambda t: t.name)
+def test_each_template_puts_the_landmarks_where_its_model_expects_them(template):
+    """A face at any pose and scale lands on the template's own points in a crop of its own
+    size (for OMZ: the model card's normalised points x 128)."""
+    rng = np.random.default_rng(3)
+    truth = np.array([[1.7, -0.4, 210.0], [0.4, 1.7, 160.0]])
+    landmarks = transform_points(template.array, truth)
+    image = rng.integers(0, 255, (600, 600, 3), dtype=np.uint8)
+    matrix = alignment_matrix(landmarks, template)
+    np.testing.assert_allclose(transform_points(landmarks, matrix), template.array, atol=1e-6)
+    assert align_face(image, landmarks, template).shape == (template.size, template.size, 3)
+
+
+def test_the_omz_template_is_the_model_cards():
+    assert OMZ_128.size == 128
+    np.testing.assert_allclose(OMZ_128.array[0], [0.31556875 * 128, 0.4615741071428571 * 128])
+    assert template_named("omz-128-5pt") is OMZ_128
+    with pytest.raises(ValueError, match="unknown alignment template"):
+        template_named("nope")
