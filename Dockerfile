@@ -39,6 +39,7 @@ RUN /opt/venv/bin/pip install --no-deps . \
     && /opt/venv/bin/pip check \
     && cd / && /opt/venv/bin/python -c "from service.settings import Settings; s = Settings(); \
 assert s.model_path.is_file(), s.model_path; \
+assert (s.detector_path / 'yunet.onnx').is_file(), s.detector_path; \
 assert (s.detector_path / 'mtcnn_pnet.onnx').is_file(), s.detector_path; \
 print('models:', s.detector_path)"
 

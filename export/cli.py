@@ -320,8 +320,12 @@ def _validation(args: argparse.Namespace, template_name: str = "arcface-112-5pt"
     aligned = args.aligned_cfp
     if aligned is None:
         # One cache per data set, template and detector: each makes different crops.
-        detector = get_settings().detector.value
-        origin = f"{args.cfp.resolve()}|{template_name}|{detector}"
+        settings = get_settings()
+        detector = settings.detector.value
+        origin = (
+            f"{args.cfp.resolve()}|{template_name}|{detector}|{settings.detector_path}"
+            f"|{settings.detection_threshold}|{settings.min_face_size}"
+        )
         key = hashlib.sha256(origin.encode()).hexdigest()[:8]
         cache = args.cache / f"cfp-{template_name}-{detector}-{key}"
         aligned = prepared_cfp(args.cfp, cache, args.workers, template_named(template_name))
