@@ -116,11 +116,66 @@ def align_face(
     """Warp an RGB uint8 image so the face's landmarks sit on the template.
 
     Bilinear sampling and a black border, exactly as InsightFace's `norm_crop`, so models and
-    thresholds from that ecosystem see the same pixels.
+    thresholds from that ecosystem see the same pixels. A face more than twice the template's
+    size (transform scale under `AREA_BELOW`) would alias under bilinear sampling (each output
+    pixel reads 4 of many source pixels), so its surroundings are first shrunk by an integer
+    factor with area averaging, leaving a bilinear scale in [0.5, 1]; at scale >= 0.5 the
+    output is exactly the plain warp's.
     """
     matrix = alignment_matrix(landmarks, template)
     size = (template.size, template.size)
+    factor = _area_factor(matrix)
+    if factor > 1:
+        reduced = _area_reduced(image, matrix, factor, template.size)
+        if reduced is not None:
+            image, matrix = reduced
     return cv2.warpAffine(image, matrix, size, flags=cv2.INTER_LINEAR, borderValue=0.0)
+
+
+# Below this transform scale, align_face area-averages before warping.
+AREA_BELOW = 0.5
+
+
+def _area_factor(matrix: np.ndarray) -> int:
+    """The integer shrink that brings the warp's scale s < AREA_BELOW into [0.5, 1]: floor(1/s),
+    so s * factor lies in (1 - s, 1]. 1 when no shrink is needed (or the matrix is not finite)."""
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    if not scale < AREA_BELOW or not np.isfinite(scale) or scale <= 0:
+        return 1
+    return int(min(1.0 / scale, 1e6))
+
+
+def _area_reduced(
+    image: np.ndarray, matrix: np.ndarray, factor: int, size: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The part of `image` the crop reads, shrunk `factor` times by block averaging, and the
+    warp matrix for it; None when that part is empty (the crop lies off the image)."""
+    # Source points of the crop's corners, and a margin of two reduced pixels for the bilinear
+    # neighbours, aligned to the factor's grid so every block is whole.
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = transform_points(np.array([[0, 0], [size, 0], [0, size], [size, size]]), inverse)
+    margin = 2 * factor
+    height, width = image.shape[:2]
+    low = np.floor((corners.min(axis=0) - margin) / factor) * factor
+    high = np.ceil((corners.max(axis=0) + margin) / factor) * factor
+    x0, y0 = (max(0, int(v)) for v in np.clip(low, -1, 1 << 30))
+    x1, y1 = (int(v) for v in np.clip(high, -1, 1 << 30))
+    # Whole blocks only: at the image's edge this drops the last (< factor) rows or columns.
+    x1 = x0 + (min(x1, width) - x0) // factor * factor
+    y1 = y0 + (min(y1, height) - y0) // factor * factor
+    if x1 <= x0 or y1 <= y0:
+        return None
+    crop = image[y0:y1, x0:x1]
+    reduced = cv2.resize(
+        crop, ((x1 - x0) // factor, (y1 - y0) // factor), interpolation=cv2.INTER_AREA
+    )
+    # Reduced pixel u covers source pixels x0 + factor*u ... + factor-1, centred on
+    # x0 + factor*u + (factor-1)/2: compose that map with the original warp.
+    offset = np.array([x0, y0], dtype=np.float64) + (factor - 1) / 2
+    shrunk = np.empty((2, 3))
+    shrunk[:, :2] = matrix[:, :2] * factor
+    shrunk[:, 2] = matrix[:, :2] @ offset + matrix[:, 2]
+    return reduced, shrunk
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -32,7 +32,7 @@ class Policy(StrEnum):
 @dataclass(frozen=True)
 class PhotoFaces:
     image: DecodedImage
-    faces: list[AlignedFace]
+    faces: list[AlignedFace]  # boxes and landmarks on the photo as sent (see `on_photo`)
     detected: int
     sha256: str
     decode_s: float
@@ -43,6 +43,16 @@ def _detection_policy(policy: Policy) -> FacePolicy:
     if policy is Policy.central:
         return FacePolicy.central
     return FacePolicy.all if policy in (Policy.all, Policy.single) else FacePolicy.largest
+
+
+def on_photo(face: Face, scale: float) -> Face:
+    """`face`, found in pixels decoded at `scale` (`DecodedImage.scale`), in the coordinates of
+    the photo as sent: what clients see, and what `min_face_px` is measured in."""
+    if scale == 1.0:
+        return face
+    box = (np.asarray(face.box) / scale).astype(np.float32)
+    landmarks = (np.asarray(face.landmarks) / scale).astype(np.float32)
+    return replace(face, box=box, landmarks=landmarks)
 
 
 def short_side(face: Face) -> float:
@@ -69,6 +79,7 @@ def read_faces(
         image.pixels, detector, _detection_policy(policy), template
     )
     timings = (decoded - start, time.perf_counter() - decoded)
+    aligned = [replace(a, face=on_photo(a.face, image.scale)) for a in aligned]
     if not aligned:
         raise NoFace(f"{what}: no face found", {"field": what})
     if policy is Policy.single and len(aligned) > 1:

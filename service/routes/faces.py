@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from service.faces import Policy, stack
+from service.faces import Policy, on_photo, stack
 from service.imaging import decode_image
 from service.routes.common import (
     authorize,
@@ -113,7 +113,8 @@ async def detect(image: Photo, runtime: Annotated[Runtime, Depends(get_runtime)]
                 data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
             )
             faces = runtime.detector.detect(decoded.pixels)
-            height, width = decoded.pixels.shape[:2]
+            # A large JPEG is decoded at reduced scale; report the photo as sent.
+            width, height = decoded.size
             return DetectResponse(
                 image=ImageInfo(
                     width=width,
@@ -121,7 +122,7 @@ async def detect(image: Photo, runtime: Annotated[Runtime, Depends(get_runtime)]
                     format=decoded.format,
                     exif_orientation=decoded.orientation,
                 ),
-                faces=[describe(face) for face in faces],
+                faces=[describe(on_photo(face, decoded.scale)) for face in faces],
             )
 
         return await runtime.run("detect", work)
