@@ -124,7 +124,12 @@ def main() -> None:
     parser.add_argument("--route", choices=["verify", "identify"], default="verify")
     parser.add_argument("--rates", type=float, nargs="+", default=[2, 4, 8, 16, 32, 64])
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--configs", nargs="+", default=["batching on", "batching off"])
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["batching on", "batching off"],
+        choices=["batching on", "batching off", "mtcnn+mobilefacenet"],
+    )
     parser.add_argument(
         "--env",
         action="append",
@@ -149,7 +154,15 @@ def main() -> None:
         os.sched_setaffinity(0, rest)
     common = dict(item.split("=", 1) for item in args.env)
 
-    envs = {"batching on": {}, "batching off": {"FACEMARGIN_BATCH_MAX_SIZE": "1"}}
+    envs = {
+        "batching on": {},
+        "batching off": {"FACEMARGIN_BATCH_MAX_SIZE": "1"},
+        # The defaults before issue 16, to measure the new ones against on the same machine.
+        "mtcnn+mobilefacenet": {
+            "FACEMARGIN_DETECTOR": "mtcnn",
+            "FACEMARGIN_MODEL_PATH": str(ROOT / "models" / "embedder.onnx"),
+        },
+    }
     images = photos()
     report: dict = {
         "route": args.route,
