@@ -8,17 +8,32 @@ import pytest
 
 from service.detection import FacePolicy
 from service.mtcnn import MtcnnDetector
-from service.preprocess import build_detector, detect_and_align
+from service.preprocess import YUNET_THRESHOLD, build_detector, detect_and_align
 from service.scrfd import ScrfdDetector
 from service.settings import DetectorKind, Settings
-from tests.conftest import SHARED, load_rgb
+from service.yunet import YunetDetector
+from tests.conftest import MODELS, SHARED, load_rgb
 
 SCRFD_MODEL = SHARED / "models" / "scrfd_500m.onnx"
 needs_scrfd = pytest.mark.skipif(not SCRFD_MODEL.exists(), reason=f"{SCRFD_MODEL} absent")
 
 
-def test_default_settings_build_the_shipped_mtcnn():
+def test_default_settings_build_the_shipped_yunet_at_its_measured_threshold():
+    detector = build_detector(Settings())
+    assert isinstance(detector, YunetDetector)
+    assert detector.score_threshold == YUNET_THRESHOLD
+
+
+def test_settings_select_mtcnn_and_a_yunet_file_and_threshold(monkeypatch, tmp_path):
+    monkeypatch.setenv("FACEMARGIN_DETECTOR", "mtcnn")
     assert isinstance(build_detector(Settings()), MtcnnDetector)
+    monkeypatch.setenv("FACEMARGIN_DETECTOR", "yunet")
+    monkeypatch.setenv("FACEMARGIN_DETECTOR_PATH", str(MODELS / "yunet.onnx"))
+    monkeypatch.setenv("FACEMARGIN_DETECTION_THRESHOLD", "0.8")
+    assert build_detector(Settings()).score_threshold == 0.8
+    monkeypatch.setenv("FACEMARGIN_DETECTOR_PATH", str(tmp_path))  # a folder without yunet.onnx
+    with pytest.raises(FileNotFoundError):
+        build_detector(Settings())
 
 
 @needs_scrfd

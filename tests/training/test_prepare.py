@@ -11,11 +11,12 @@ import cv2
 import numpy as np
 import pytest
 
+from service.alignment import OMZ_128
 from service.cli import main
 from service.detection import FacePolicy
 from service.imaging import read_image
-from service.mtcnn import MtcnnDetector
-from service.preprocess import detect_and_align
+from service.preprocess import build_detector, detect_and_align
+from service.settings import Settings
 from tests.conftest import DATA, MODELS, load_rgb
 from training.prepare import REPORT_NAME, SUMMARY_NAME, read_report
 
@@ -74,8 +75,9 @@ def test_prepare_writes_aligned_faces_and_a_report(source, tmp_path):
     assert summary["odd"]["ok_with_several_faces"] == 1
     assert summary["celeba"]["yield"] == pytest.approx(summary["celeba"]["ok"] / 9, abs=1e-4)
 
-    # Training pixels are exactly what the service's own path gives for the same file.
-    detector = MtcnnDetector(MODELS)
+    # Training pixels are exactly what the service's own path (its default detector) gives
+    # for the same file.
+    detector = build_detector(Settings())
     for relative, record in records.items():
         out = (target / relative).with_suffix(".png")
         assert out.exists() == (record["status"] == "ok")
@@ -139,3 +141,24 @@ def test_skip_multiple_and_jpeg_output(source, tmp_path):
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="is not a folder"):
         main(["prepare", str(tmp_path / "nope"), str(tmp_path / "out")])
+
+
+@pytest.mark.slow
+def test_prepare_aligns_to_the_template_of_the_model_it_is_told(source, tmp_path):
+    """--model: the faces are the 128 px OMZ crops the default embedder is served, pixel for
+    pixel; a folder aligned to one template is never resumed with another."""
+    model = MODELS / "face-reidentification-retail-0095.onnx"
+    target = tmp_path / "omz"
+    argv = ["prepare", str(source / "celeba"), str(target), "--workers", "1"]
+    assert main([*argv, "--model", str(model)]) == 0
+    outputs = sorted(target.rglob("*.png"))
+    assert outputs
+    detector = build_detector(Settings())
+    for out in outputs:
+        raw = (source / "celeba" / out.relative_to(target)).with_suffix(".jpg")
+        faces, _ = detect_and_align(read_image(raw).pixels, detector, FacePolicy.central, OMZ_128)
+        np.testing.assert_array_equal(load_rgb(out), faces[0].pixels)
+    with pytest.raises(SystemExit, match="aligned to omz-128-5pt"):
+        main(argv)  # the ArcFace default into the OMZ folder
+    with pytest.raises(SystemExit, match="no such file"):
+        main([*argv, "--model", str(tmp_path / "missing.onnx")])
