@@ -4,8 +4,9 @@
     OMP_NUM_THREADS=1 python bench/peer.py --cfp ../shared/data/val/cfp
 
 Each system runs its own whole pipeline on the raw photo, one thread each:
-- facemargin: the service's own code path (decode with its limits, MTCNN detection, 5-point
-  alignment, the model named by --model through onnxruntime), largest face;
+- facemargin: the service's own code path (decode with its limits, the default detector,
+  YuNet, 5-point alignment onto the model's template, the model named by --model through
+  onnxruntime; default: the service's default model), largest face;
 - face_recognition: `load_image_file`, HOG `face_locations` (upsampled once, its default),
   `face_encodings` (dlib's ResNet, 5-point landmarks, its default), largest face. Because CFP
   crops are small and HOG misses faces under ~80 px, it is also scored with a fallback a
@@ -204,7 +205,7 @@ def plot(results: dict, curves: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cfp", type=Path, default=ROOT.parent / "shared/data/val/cfp")
-    parser.add_argument("--model", type=Path, default=ROOT / "models/embedder.onnx")
+    parser.add_argument("--model", type=Path, default=Settings().model_path)
     parser.add_argument("--people", type=int, default=500, help="first N CFP people (max 500)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/facemargin/peer")
     parser.add_argument("--out", type=Path, default=RESULTS / "peer")

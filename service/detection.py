@@ -97,3 +97,15 @@ def nms(
             overlap = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
         order = rest[overlap <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
+
+
+def check_image(image: np.ndarray) -> None:
+    """What every detector accepts: an RGB uint8 (H, W, 3) array with pixels."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be H x W x 3 RGB, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: shape {image.shape}")

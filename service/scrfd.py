@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from service.detection import Face, nms
+from service.detection import Face, check_image, nms
 
 log = logging.getLogger(__name__)
 
@@ -150,17 +150,6 @@ def _to_blob(canvas: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(blob.transpose(2, 0, 1)[None])
 
 
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be H x W x 3 RGB, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got {image.dtype}")
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
-
-
 class ScrfdDetector:
     """SCRFD detector; `detect` returns faces with five landmarks, best score first.
 
@@ -269,7 +258,7 @@ class ScrfdDetector:
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 (H, W, 3) image, in its pixel coordinates, best score first."""
-        _check_image(image)
+        check_image(image)
         image = np.ascontiguousarray(image)
         size = self.input_size or adaptive_input_size(image.shape[:2], self._coarsest)
         canvas, scale_x, scale_y = letterbox(image, size)

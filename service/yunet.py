@@ -27,8 +27,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from service.detection import Face, nms
-from service.scrfd import _check_image
+from service.detection import Face, check_image, nms
 
 STRIDES = (8, 16, 32)
 _DIVISOR = 32
@@ -178,7 +177,7 @@ class YunetDetector:
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 (H, W, 3) image, in its pixel coordinates, best score first."""
-        _check_image(image)
+        check_image(image)
         height, width = image.shape[:2]
         in_w, in_h = scaled_size(height, width, self.max_side, self.min_side)
         blob = self._blob(image, in_w, in_h)
