@@ -324,7 +324,8 @@ def _validation(args: argparse.Namespace, template_name: str = "arcface-112-5pt"
         detector = settings.detector.value
         origin = (
             f"{args.cfp.resolve()}|{template_name}|{detector}|{settings.detector_path}"
-            f"|{settings.detection_threshold}|{settings.min_face_size}"
+            f"|{settings.detection_threshold}|{settings.detection_fallback_threshold}"
+            f"|{settings.min_face_size}"
         )
         key = hashlib.sha256(origin.encode()).hexdigest()[:8]
         cache = args.cache / f"cfp-{template_name}-{detector}-{key}"

@@ -78,7 +78,15 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="YuNet/SCRFD score threshold; default the detector's own (YuNet 0.6, "
-        "chosen on CFP: it keeps 99.0% of profile photos; SCRFD 0.5). MTCNN uses its own three.",
+        "chosen on CFP; SCRFD 0.5). MTCNN uses its own three.",
+    )
+    detection_fallback_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="YuNet: when no face reaches detection_threshold, use faces down to this "
+        "score (the same network run, decoded lower). Default 0.3: on CFP it halves the "
+        "profile photos without a face at no cost on frontal ones (models/README.md).",
     )
     onnx_threads: int = Field(
         default=0, ge=0, description="Intra-op threads per ONNX Runtime session; 0 lets it choose."

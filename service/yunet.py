@@ -78,7 +78,10 @@ class YunetDetector:
 
     Input size follows the photo: an image whose long side exceeds `max_side` is scaled down
     to it, one whose long side is below `min_side` is scaled up to it, and any other runs at
-    its own size; each is then padded bottom/right to multiples of 32. `min_face_size` drops
+    its own size; each is then padded bottom/right to multiples of 32. When no face reaches
+    `score_threshold`, faces down to `fallback_threshold` (if set) are returned instead: the
+    same network run, decoded lower, wins back profile faces YuNet is unsure of without adding
+    doubtful second faces to photos that have a clear one. `min_face_size` drops
     faces whose shorter box side, in original image pixels, is below it. `threads` > 0 caps
     onnxruntime's intra-op threads (0 lets onnxruntime choose).
     """
@@ -88,6 +91,7 @@ class YunetDetector:
         model_path: str | Path,
         *,
         score_threshold: float = 0.5,
+        fallback_threshold: float | None = None,
         nms_threshold: float = 0.3,
         max_side: int = 640,
         min_side: int = 224,
@@ -125,11 +129,19 @@ class YunetDetector:
             raise ValueError(f"{model_path.name} is not a YuNet file: no outputs {missing}")
 
         self.score_threshold = float(score_threshold)
+        self.fallback_threshold = fallback_threshold
         self.nms_threshold = float(nms_threshold)
         self.max_side = int(max_side)
         self.min_side = int(min_side)
         self.min_face_size = int(min_face_size)
         self._grids: dict[tuple[int, int], np.ndarray] = {}
+
+    @property
+    def _floor(self) -> float:
+        """The lowest score decoded: the fallback's when there is one."""
+        if self.fallback_threshold is None:
+            return self.score_threshold
+        return min(self.score_threshold, self.fallback_threshold)
 
     def _grid(self, rows: int, cols: int) -> np.ndarray:
         key = (rows, cols)
@@ -155,7 +167,7 @@ class YunetDetector:
             obj = np.clip(outputs[f"obj_{stride}"].reshape(-1), 0.0, 1.0)
             level_scores = np.sqrt(cls * obj)
             # Thresholding before decoding keeps the work proportional to the candidates.
-            keep = np.flatnonzero(level_scores >= self.score_threshold)
+            keep = np.flatnonzero(level_scores >= self._floor)
             if keep.size == 0:
                 continue
             cells = self._grid(pad_h // stride, pad_w // stride)[keep]
@@ -184,6 +196,9 @@ class YunetDetector:
         arrays = self._session.run(self._output_names, {self._input_name: blob})
         outputs = dict(zip(self._output_names, arrays, strict=True))
         boxes, scores, landmarks = self._decode(outputs, blob.shape[2], blob.shape[3])
+        confident = scores >= self.score_threshold
+        if confident.any():
+            boxes, scores, landmarks = boxes[confident], scores[confident], landmarks[confident]
 
         scale = np.array([in_w / width, in_h / height], dtype=np.float32)
         if self.min_face_size > 0 and len(boxes):

@@ -98,7 +98,9 @@ async def enroll(
                 raise photo
             else:
                 accepted.append((index, upload, photo))
-        embedded = await runtime.batcher.embed(stack([p.faces[0] for _, _, p in accepted], runtime.template))
+        embedded = await runtime.batcher.embed(
+            stack([p.faces[0] for _, _, p in accepted], runtime.template)
+        )
         floor = settings.min_enroll_quality
         if floor is None:
             floor = runtime.contract.default_min_quality()

@@ -164,3 +164,21 @@ def test_fixed_size_file_is_refused_with_a_hint():
 def test_missing_file():
     with pytest.raises(FileNotFoundError):
         YunetDetector(MODELS / "no-such-yunet.onnx")
+
+
+def test_the_fallback_threshold_only_speaks_when_nothing_is_confident():
+    """Profiles YuNet is unsure of are found through the fallback; a photo with a confident
+    face gets no doubtful extras from it."""
+    plain = YunetDetector(MODEL, score_threshold=0.6)
+    fallback = YunetDetector(MODEL, score_threshold=0.6, fallback_threshold=0.3)
+    low = YunetDetector(MODEL, score_threshold=0.3)
+    rescued = 0
+    for image in _photos(CFP, "*/profile/*.jpg", 300):
+        confident, with_fallback, everything = (d.detect(image) for d in (plain, fallback, low))
+        if confident:
+            assert [f.score for f in with_fallback] == [f.score for f in confident]
+        else:
+            assert [f.score for f in with_fallback] == [f.score for f in everything]
+            assert all(0.3 <= f.score < 0.6 for f in with_fallback)
+            rescued += bool(with_fallback)
+    assert rescued >= 1  # the sample holds profiles only the fallback finds
