@@ -34,6 +34,9 @@ class FaceIndex:
     paths: tuple[str, ...]  # relative to root
     labels: np.ndarray  # int64 (N,)
     identities: tuple[str, ...]  # label -> identity folder, relative to root
+    # The side of the square crops: 112 for the ArcFace template, 128 for OMZ's (the
+    # template `facemargin prepare --model` aligned to).
+    size: int = ALIGNED_SIZE
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -63,7 +66,17 @@ def index_faces(root: Path, min_images: int = 1, max_identities: int | None = No
     for label, identity in enumerate(kept):
         paths.extend(by_identity[identity])
         labels.extend([label] * len(by_identity[identity]))
-    return FaceIndex(root, tuple(paths), np.asarray(labels, dtype=np.int64), tuple(kept))
+    size = _crop_size(root / paths[0]) if paths else ALIGNED_SIZE
+    return FaceIndex(root, tuple(paths), np.asarray(labels, dtype=np.int64), tuple(kept), size)
+
+
+def _crop_size(first: Path) -> int:
+    """The crop side of a prepared tree, read off its first face (every face of a tree has
+    the size of its template; `load_rgb` refuses any other)."""
+    image = cv2.imread(str(first), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise OSError(f"cannot read aligned face {first}")
+    return int(image.shape[0])
 
 
 def split_by_identity(index: FaceIndex, held_out: float, seed: int) -> tuple[FaceIndex, FaceIndex]:
@@ -85,6 +98,7 @@ def _subset(index: FaceIndex, classes: Sequence[int]) -> FaceIndex:
         tuple(index.paths[i] for i in keep),
         np.asarray([relabel[int(index.labels[i])] for i in keep], dtype=np.int64),
         tuple(index.identities[c] for c in classes),
+        index.size,
     )
 
 
@@ -132,9 +146,10 @@ def augment(
     if roll < 0.1:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.2))
     elif roll < 0.2:
-        side = int(rng.integers(40, 96))
+        side = int(rng.integers(40, 96) * image.shape[0] / ALIGNED_SIZE)
         small = cv2.resize(out, (side, side), interpolation=cv2.INTER_AREA)
-        out = cv2.resize(small, (ALIGNED_SIZE, ALIGNED_SIZE), interpolation=cv2.INTER_LINEAR)
+        size = image.shape[0]
+        out = cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
     if strength == "strong" and rng.random() < 0.4:
         out = _erase_patch(out, rng)
     return np.ascontiguousarray(out)
@@ -142,14 +157,15 @@ def augment(
 
 def _jitter_alignment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """About the error of MTCNN's five points on a real photo: up to 4 px of shift, 5% of
-    scale and 6 degrees of roll on the 112-pixel crop."""
-    centre = (ALIGNED_SIZE / 2, ALIGNED_SIZE / 2)
+    scale and 6 degrees of roll on the 112-pixel crop (the shift in proportion on others)."""
+    size = image.shape[0]
+    centre = (size / 2, size / 2)
     matrix = cv2.getRotationMatrix2D(centre, rng.uniform(-6, 6), rng.uniform(0.95, 1.05))
-    matrix[:, 2] += rng.uniform(-4, 4, size=2)
+    matrix[:, 2] += rng.uniform(-4, 4, size=2) * size / ALIGNED_SIZE
     return cv2.warpAffine(
         np.ascontiguousarray(image),
         matrix,
-        (ALIGNED_SIZE, ALIGNED_SIZE),
+        (size, size),
         flags=cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REPLICATE,
     )
@@ -158,12 +174,13 @@ def _jitter_alignment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
 def _erase_patch(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random erasing (Zhong et al. 2020): 2-20% of the crop, aspect 0.3-3.3, filled with
     noise so the network cannot learn the fill."""
-    area = rng.uniform(0.02, 0.2) * ALIGNED_SIZE**2
+    size = image.shape[0]
+    area = rng.uniform(0.02, 0.2) * size**2
     aspect = np.exp(rng.uniform(np.log(0.3), np.log(3.3)))
-    h = min(round(np.sqrt(area * aspect)), ALIGNED_SIZE)
-    w = min(round(np.sqrt(area / aspect)), ALIGNED_SIZE)
-    top = int(rng.integers(0, ALIGNED_SIZE - h + 1))
-    left = int(rng.integers(0, ALIGNED_SIZE - w + 1))
+    h = min(round(np.sqrt(area * aspect)), size)
+    w = min(round(np.sqrt(area / aspect)), size)
+    top = int(rng.integers(0, size - h + 1))
+    left = int(rng.integers(0, size - w + 1))
     out = image.copy()
     out[top : top + h, left : left + w] = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
     return out
@@ -193,7 +210,7 @@ class FaceDataset(Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = load_rgb(self.index.root / self.index.paths[i])
+        image = load_rgb(self.index.root / self.index.paths[i], self.index.size)
         if self.augmentation is not None:
             image = augment(image, sample_rng(self.seed, self.epoch, i), self.augmentation)
         return to_tensor(image), int(self.index.labels[i])

@@ -208,7 +208,7 @@ def class_means(
     sums = torch.zeros(index.num_classes, embedder.contract.embedding_dim, dtype=torch.float64)
     for start in tqdm(range(0, len(chosen), batch_size), desc="imprinting the head", unit="batch"):
         rows = chosen[start : start + batch_size]
-        pixels = np.stack([load_rgb(index.root / index.paths[i]) for i in rows])
+        pixels = np.stack([load_rgb(index.root / index.paths[i], index.size) for i in rows])
         vectors = torch.from_numpy(embedder.embed(pixels).vectors).double()
         sums.index_add_(0, torch.from_numpy(index.labels[rows]), vectors)
     return nn.functional.normalize(sums, dim=1).float()

@@ -133,3 +133,20 @@ def test_pk_batches_hold_p_identities_of_k_images():
         assert sorted(counts[counts > 0].tolist()) == [3, 3, 3, 3]
     with pytest.raises(ValueError, match="at least P"):
         pk_batches(labels, p=13, k=2, seed=0, epoch=0)
+
+
+def test_a_tree_aligned_to_another_template_trains_at_its_own_size(tmp_path):
+    """Faces prepared for the 128 px OMZ template stay 128 px through every augmentation,
+    and the index knows its crop size."""
+    from tests.conftest import prepare_subset
+
+    root = prepare_subset(tmp_path, 3, 3, offset=300, template_name="omz-128-5pt")
+    index = index_faces(root)
+    assert index.size == 128
+    assert split_by_identity(index, 0.34, 0)[0].size == 128
+    dataset = FaceDataset(index, "strong", seed=1)
+    for epoch in range(3):
+        dataset.epoch = epoch
+        for i in range(len(dataset)):
+            image, _ = dataset[i]
+            assert image.shape == (3, 128, 128)
