@@ -355,12 +355,12 @@ def _print_summary(out: Path) -> None:
 @_reports_failures
 def _run_model(args: argparse.Namespace) -> int:
     _quiet_torch()
-    from export.from_checkpoint import export_checkpoint
+    from export.from_checkpoint import checkpoint_template, export_checkpoint
 
     export_checkpoint(
         args.checkpoint,
         args.out,
-        _validation(args),
+        _validation(args, checkpoint_template(args.checkpoint).name),
         parity_root=args.parity_faces,
         data_name=args.data_name,
         opset=args.opset,

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from export.calibration import ValidationData, measure
@@ -19,13 +20,15 @@ from export.onnx_model import (
     write_contract,
 )
 from export.parity import FP32_MIN_COSINE, checkpoint_embeddings, compare, parity_faces
-from service.alignment import TEMPLATE_NAME
+from export.wrap import contract_model
+from service.alignment import ARCFACE_112, TEMPLATE_NAME, Template
 from service.contract import ModelContract, Objective, TrainingSummary
 from service.embedder import Embedder
 from training.backbones import count_macs, count_parameters
 from training.config import TrainConfig
 from training.data import index_faces
 from training.embedder import backbone_from_payload, read_checkpoint
+from training.onnx_network import ForeignBackbone, source_contract
 
 
 def exporter_name() -> str:
@@ -56,6 +59,15 @@ def training_summary(
     )
 
 
+def checkpoint_template(checkpoint: Path) -> Template:
+    """The alignment a checkpoint's network was trained on: its source file's template for
+    a fine-tuned foreign network, ArcFace 112 for our own backbones."""
+    source = read_checkpoint(checkpoint).get("init_model")
+    if not source:
+        return ARCFACE_112
+    return source_contract(source).template()
+
+
 def export_checkpoint(
     checkpoint: Path,
     out: Path,
@@ -69,6 +81,17 @@ def export_checkpoint(
 ) -> ModelContract:
     payload = read_checkpoint(checkpoint)
     backbone, config = backbone_from_payload(payload)
+    objective = Objective(
+        head=config.head,
+        head_params=config.head_params,
+        loss=config.loss,
+        loss_params=config.loss_params,
+    )
+    training = training_summary(payload, config, checkpoint, data_name)
+    if isinstance(backbone, ForeignBackbone):
+        return export_foreign(
+            backbone, checkpoint, out, validation, objective, training, parity_root, progress
+        )
     partial = out.with_name(out.name + ".partial")
     try:
         export_embedding_network(backbone, partial, opset)
@@ -79,13 +102,8 @@ def export_checkpoint(
             backbone=config.backbone,
             parameters=count_parameters(backbone),
             macs=count_macs(backbone),
-            objective=Objective(
-                head=config.head,
-                head_params=config.head_params,
-                loss=config.loss,
-                loss_params=config.loss_params,
-            ),
-            training=training_summary(payload, config, checkpoint, data_name),
+            objective=objective,
+            training=training,
             source=checkpoint.name,
             exported_at=datetime.now(UTC),
             exporter=exporter_name(),
@@ -112,3 +130,39 @@ def export_checkpoint(
     finally:
         partial.unlink(missing_ok=True)
     return contract
+
+
+def export_foreign(
+    backbone: ForeignBackbone,
+    checkpoint: Path,
+    out: Path,
+    validation: ValidationData | None,
+    objective: Objective,
+    training: TrainingSummary,
+    parity_root: Path | None,
+    progress: bool,
+) -> ModelContract:
+    """A fine-tuned foreign network: its trained weights written back into the source graph
+    (the same operators the source file runs, so the same speed), wrapped with the source's
+    template and preprocessing, proved equal to the checkpoint and calibrated."""
+    parent = source_contract(backbone.source)
+
+    def reference(faces: np.ndarray) -> np.ndarray:
+        return checkpoint_embeddings(backbone, faces)
+
+    return contract_model(
+        backbone.trained_graph(),
+        out,
+        template=parent.template(),
+        convention=backbone.convention,
+        reference=reference,
+        reference_name="PyTorch checkpoint",
+        validation=validation,
+        source=checkpoint.name,
+        exporter=exporter_name(),
+        backbone=f"{parent.backbone}, fine-tuned",
+        objective=objective,
+        training=training,
+        parity_root=parity_root,
+        progress=progress,
+    )

@@ -33,6 +33,7 @@ from service.contract import (
     Calibration,
     InputSpec,
     ModelContract,
+    Objective,
     OperatingPoint,
     TrainingSummary,
 )
@@ -239,6 +240,7 @@ def contract_model(
     backbone: str = "foreign",
     thresholds: dict[float, float] | None = None,
     training: TrainingSummary | None = None,
+    objective: Objective | None = None,
     parity_root: Path | None = None,
     progress: bool = True,
     report: Callable[[str], None] = print,
@@ -256,6 +258,7 @@ def contract_model(
             alignment_template=template.name,
             alignment=AlignmentSpec.of(template),
             backbone=backbone,
+            objective=objective,
             training=training,
             source=source,
             exported_at=datetime.now(UTC),

@@ -80,7 +80,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--config", type=Path, help="TOML file with any TrainConfig fields")
     train.add_argument("--data", type=Path, help="aligned faces (output of facemargin prepare)")
     train.add_argument("--out", type=Path, help="run folder")
-    train.add_argument("--backbone", help="iresnet18/34/50/100, mobilefacenet, sphereface20")
+    train.add_argument(
+        "--backbone",
+        help="iresnet18/34/50/100, mobilefacenet, sphereface20, or onnx: the network of "
+        "--init-from as it is (for foreign models such as the converted OMZ embedder)",
+    )
     train.add_argument("--embedding-dim", type=int)
     train.add_argument(
         "--init-from",

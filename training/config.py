@@ -74,6 +74,8 @@ class TrainConfig(BaseModel):
             raise ValueError("without a head, the loss must be one of " + ", ".join(METRIC_LOSSES))
         if self.loss == "center" and self.head is None:
             raise ValueError("center loss is added to a softmax-family head; set head")
+        if self.backbone == "onnx" and self.init_from is None:
+            raise ValueError("backbone onnx trains the network of --init-from; give init_from")
         if self.loss in METRIC_LOSSES and self.batch_size % self.images_per_identity:
             raise ValueError("batch_size must be a multiple of images_per_identity for P×K batches")
         return self

@@ -66,11 +66,11 @@ def index_faces(root: Path, min_images: int = 1, max_identities: int | None = No
     for label, identity in enumerate(kept):
         paths.extend(by_identity[identity])
         labels.extend([label] * len(by_identity[identity]))
-    size = _crop_size(root / paths[0]) if paths else ALIGNED_SIZE
+    size = crop_size(root / paths[0]) if paths else ALIGNED_SIZE
     return FaceIndex(root, tuple(paths), np.asarray(labels, dtype=np.int64), tuple(kept), size)
 
 
-def _crop_size(first: Path) -> int:
+def crop_size(first: Path) -> int:
     """The crop side of a prepared tree, read off its first face (every face of a tree has
     the size of its template; `load_rgb` refuses any other)."""
     image = cv2.imread(str(first), cv2.IMREAD_UNCHANGED)

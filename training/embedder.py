@@ -11,7 +11,8 @@ from torch import nn
 
 from training.backbones import build_backbone
 from training.config import TrainConfig
-from training.data import IMAGE_SUFFIXES, load_rgb, to_tensor
+from training.data import IMAGE_SUFFIXES, crop_size, load_rgb, to_tensor
+from training.onnx_network import ONNX_BACKBONE, ForeignBackbone
 
 
 def read_checkpoint(checkpoint: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -28,7 +29,10 @@ def backbone_from_payload(
     """The embedding network, in eval mode; the head and optimiser state are training
     devices and are not loaded."""
     config = TrainConfig(**payload["config"])
-    backbone = build_backbone(config.backbone, config.embedding_dim, config.dropout)
+    if config.backbone == ONNX_BACKBONE:
+        backbone: nn.Module = ForeignBackbone(payload["init_model"])
+    else:
+        backbone = build_backbone(config.backbone, config.embedding_dim, config.dropout)
     backbone.load_state_dict(payload["backbone"])
     return backbone.to(device).eval(), config
 
@@ -71,9 +75,11 @@ def embed_dataset(
     found = [(i, resolve_aligned(root, p)) for i, p in enumerate(paths)]
     present = [(i, path) for i, path in found if path is not None]
     out: np.ndarray | None = None
+    # One template per aligned tree, so the first face gives every face's size.
+    size = crop_size(present[0][1]) if present else 0
     for start in range(0, len(present), batch_size):
         chunk = present[start : start + batch_size]
-        images = torch.stack([to_tensor(load_rgb(path)) for _, path in chunk]).to(device)
+        images = torch.stack([to_tensor(load_rgb(path, size)) for _, path in chunk]).to(device)
         embeddings = backbone(images).float()
         if flip:
             embeddings = embeddings + backbone(images.flip(3)).float()

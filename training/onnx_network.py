@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from onnx import helper, numpy_helper
 from torch import nn
 
+from service.contract import ModelContract, parse_contract
 from training.data import PIXEL_MEAN, PIXEL_STD
 
 Attributes = dict[str, object]
@@ -132,27 +133,54 @@ class OnnxNetwork(nn.Module):
         return values[self.output_name]
 
 
+def source_contract(source: bytes) -> ModelContract:
+    """The contract inside a model file's bytes (the trainer only opens contract models)."""
+    model = onnx.load_from_string(source)
+    contract = parse_contract({p.key: p.value for p in model.metadata_props})
+    if contract is None:
+        raise ValueError("the source model has no facemargin contract")
+    return contract
+
+
+ONNX_BACKBONE = "onnx"  # the --backbone name for "the network of --init-from, as it is"
+
+
 class ForeignBackbone(nn.Module):
     """A contract model's network behind our training input.
 
     Training feeds every backbone `training.data.to_tensor` output, RGB scaled as
     (x - 127.5) / 127.5; this module turns that back into what the foreign network was
     trained on (for OMZ: BGR, 0-255), exactly as the exported file's own preprocessing does,
-    so training and serving see the same numbers.
+    so training and serving see the same numbers. `source` is the whole contract file, kept
+    so a checkpoint can rebuild the module and the export can write the trained weights
+    back into the same graph.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, source: bytes) -> None:
         super().__init__()
         from export.wrap import unwrap
 
-        network, convention = unwrap(onnx.load(str(path)))
-        self.network = OnnxNetwork(network)
-        self.bgr = convention.bgr
-        self.mean = convention.mean
-        self.std = convention.std
+        self.source = source
+        self.graph, self.convention = unwrap(onnx.load_from_string(source))
+        self.network = OnnxNetwork(self.graph)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ForeignBackbone:
+        return cls(Path(path).read_bytes())
+
+    def trained_graph(self) -> onnx.ModelProto:
+        """The source network with this module's current weights in place of its own."""
+        graph = onnx.ModelProto()
+        graph.CopyFrom(self.graph)
+        for tensor in graph.graph.initializer:
+            slot = self.network._slot.get(tensor.name)
+            if slot is not None:
+                value = self.network.weights[slot].detach().cpu().numpy().astype(np.float32)
+                tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+        return graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = x * PIXEL_STD + PIXEL_MEAN
-        if self.bgr:
+        if self.convention.bgr:
             pixels = pixels.flip(1)
-        return self.network((pixels - self.mean) / self.std)
+        return self.network((pixels - self.convention.mean) / self.convention.std)

@@ -33,7 +33,8 @@ from training.embedder import embed_dataset
 from training.evaluation import kfold_accuracy
 from training.heads import build_head
 from training.losses import build_loss
-from training.warm_start import class_means, load_exported, open_exported
+from training.onnx_network import ONNX_BACKBONE, ForeignBackbone
+from training.warm_start import check_foreign, class_means, load_exported, open_exported
 
 # Faces whose statistics re-express a warm start's folded batch norms (one forward pass).
 WARM_START_FACES = 256
@@ -135,7 +136,7 @@ class Trainer:
         self.train_index, self.val_index = split_by_identity(full, config.held_out, config.seed)
         self.dataset = FaceDataset(self.train_index, config.augmentation, seed=config.seed)
 
-        self.backbone = build_backbone(config.backbone, config.embedding_dim, config.dropout)
+        self.backbone = self._build_backbone()
         self.objective = Objective(config, self.train_index.num_classes)
         # The model id of the exported model this run started from, if any.
         self.initialised_from: str | None = None
@@ -200,6 +201,13 @@ class Trainer:
             generator=torch.Generator().manual_seed(self.config.seed),
         )
 
+    def _build_backbone(self) -> nn.Module:
+        c = self.config
+        if c.backbone != ONNX_BACKBONE:
+            return build_backbone(c.backbone, c.embedding_dim, c.dropout)
+        assert c.init_from is not None  # the config refuses onnx without it
+        return ForeignBackbone.from_file(c.init_from)
+
     # -- warm start -------------------------------------------------------------------------
     def _warm_start(self, path: Path) -> None:
         """Backbone from an exported model, head imprinted from its class means (see
@@ -210,9 +218,12 @@ class Trainer:
         picked = rng.choice(len(plain), min(WARM_START_FACES, len(plain)), replace=False)
         faces = torch.stack([plain[int(i)][0] for i in picked])
         exported = open_exported(path)
-        load_exported(
-            self.backbone, self.config.backbone, self.config.embedding_dim, exported, faces
-        )
+        if isinstance(self.backbone, ForeignBackbone):
+            check_foreign(self.backbone, self.config.embedding_dim, exported, faces)
+        else:
+            load_exported(
+                self.backbone, self.config.backbone, self.config.embedding_dim, exported, faces
+            )
         contract = exported.contract
         self.initialised_from = contract.model_id
         head = self.objective.head
@@ -238,6 +249,9 @@ class Trainer:
             "backbone": self.backbone.state_dict(),
             "objective": self.objective.state_dict(),
             "initialised_from": self.initialised_from,
+            # A foreign network's structure lives in its file, not in our code: kept so the
+            # checkpoint alone can be resumed, evaluated and exported.
+            "init_model": getattr(self.backbone, "source", None),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "state": vars(self.state).copy(),

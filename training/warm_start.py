@@ -194,6 +194,22 @@ def load_exported(
         )
 
 
+def check_foreign(
+    backbone: nn.Module, embedding_dim: int, embedder: Embedder, images: torch.Tensor
+) -> None:
+    """A foreign network runs the file's own weights; check it computes what the file does
+    (and has the embedding size the head is built for) before training moves it."""
+    contract, path = embedder.contract, embedder.path
+    if contract.embedding_dim != embedding_dim:
+        raise ValueError(
+            f"{path} gives {contract.embedding_dim}-d embeddings; "
+            f"set --embedding-dim {contract.embedding_dim}"
+        )
+    agreement = check_agreement(backbone, embedder, images[:64])
+    if agreement < MIN_AGREEMENT:
+        raise ValueError(f"the network of {path} runs in torch only to cosine {agreement:.6f}")
+
+
 def class_means(
     embedder: Embedder, index: FaceIndex, per_identity: int, batch_size: int = 128
 ) -> torch.Tensor:

@@ -34,7 +34,7 @@ def faces() -> np.ndarray:
 
 
 def test_the_torch_network_embeds_as_the_served_file_does(faces):
-    backbone = ForeignBackbone(OMZ).eval()
+    backbone = ForeignBackbone.from_file(OMZ).eval()
     with torch.no_grad():
         ours = backbone(torch.stack([to_tensor(f) for f in faces]))
     ours = torch.nn.functional.normalize(ours, dim=1).numpy()
@@ -43,7 +43,7 @@ def test_the_torch_network_embeds_as_the_served_file_does(faces):
 
 
 def test_every_weight_of_the_file_trains(faces):
-    backbone = ForeignBackbone(OMZ).train()
+    backbone = ForeignBackbone.from_file(OMZ).train()
     network, _ = unwrap(onnx.load(str(OMZ)))
     weights = [numpy_helper.to_array(t) for t in network.graph.initializer]
     assert sum(p.numel() for p in backbone.parameters()) == sum(
