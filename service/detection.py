@@ -38,6 +38,26 @@ class Face:
         return float(self.box[0] + self.box[2]) / 2, float(self.box[1] + self.box[3]) / 2
 
 
+def no_candidates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes (0, 4), scores (0,) and landmarks (0, 5, 2): a decoder's answer when nothing
+    passed its score threshold."""
+    return np.empty((0, 4), np.float32), np.empty(0, np.float32), np.empty((0, 5, 2), np.float32)
+
+
+def faces_at(
+    keep: np.ndarray, boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray
+) -> list[Face]:
+    """The kept candidates (x1, y1, x2, y2 boxes, image pixels) as faces, in `keep`'s order."""
+    return [
+        Face(
+            box=boxes[i].astype(np.float32),
+            score=float(scores[i]),
+            landmarks=landmarks[i].astype(np.float32),
+        )
+        for i in keep
+    ]
+
+
 class Detector(Protocol):
     """Anything that turns an RGB uint8 image (H, W, 3) into faces, best score first."""
 

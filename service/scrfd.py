@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from service.detection import Face, check_image, nms
+from service.detection import Face, check_image, faces_at, nms, no_candidates
 
 log = logging.getLogger(__name__)
 
@@ -249,11 +249,7 @@ class ScrfdDetector:
             kps.append(distance2kps(centres, arrays[level.kps][keep] * level.stride))
             scores.append(level_scores[keep])
         if not scores:
-            return (
-                np.empty((0, 4), np.float32),
-                np.empty(0, np.float32),
-                np.empty((0, _NUM_LANDMARKS, 2), np.float32),
-            )
+            return no_candidates()
         return np.concatenate(boxes), np.concatenate(scores), np.concatenate(kps)
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -274,11 +270,4 @@ class ScrfdDetector:
             big = sides >= self.min_face_size
             boxes, scores, kps = boxes[big], scores[big], kps[big]
         keep = nms(boxes, scores, self.nms_threshold)
-        return [
-            Face(
-                box=boxes[i].astype(np.float32),
-                score=float(scores[i]),
-                landmarks=kps[i].astype(np.float32),
-            )
-            for i in keep
-        ]
+        return faces_at(keep, boxes, scores, kps)

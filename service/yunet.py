@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from service.detection import Face, check_image, nms
+from service.detection import Face, check_image, faces_at, nms, no_candidates
 
 STRIDES = (8, 16, 32)
 _DIVISOR = 32
@@ -180,11 +180,7 @@ class YunetDetector:
             landmarks.append((kps + cells[:, None, :]) * step)
             scores.append(level_scores[keep])
         if not scores:
-            return (
-                np.empty((0, 4), np.float32),
-                np.empty(0, np.float32),
-                np.empty((0, _NUM_LANDMARKS, 2), np.float32),
-            )
+            return no_candidates()
         return np.concatenate(boxes), np.concatenate(scores), np.concatenate(landmarks)
 
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -214,11 +210,4 @@ class YunetDetector:
         )
         boxes = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1) / np.tile(scale, 2)
         landmarks = landmarks / scale
-        return [
-            Face(
-                box=boxes[i].astype(np.float32),
-                score=float(scores[i]),
-                landmarks=landmarks[i].astype(np.float32),
-            )
-            for i in keep
-        ]
+        return faces_at(keep, boxes, scores, landmarks)
