@@ -125,7 +125,8 @@ def _add_model(targets: argparse._SubParsersAction) -> None:
         "model",
         help="(default) a training checkpoint's embedding network, with its contract",
         description="Drop the training head and write the embedding network: input uint8 "
-        "(N, 112, 112, 3) RGB aligned faces, normalisation inside the graph, outputs "
+        "(N, S, S, 3) RGB faces aligned to the network's template (S = 112 for our backbones; "
+        "a fine-tuned foreign network keeps its own), normalisation inside the graph, outputs "
         "'embedding' (L2-normalised) and 'norm'. Checks parity with the checkpoint on real "
         "faces at batch 1 and 8 (per-face cosine >= 0.99999) and calibrates cosine "
         "thresholds at FAR 1e-2/1e-3/1e-4; the file appears only when every check passed.",

@@ -115,7 +115,8 @@ def write_contract(path: Path, contract: ModelContract) -> None:
     model.doc_string = (
         f"facemargin face-embedding model {contract.model_id} ({contract.variant}): "
         f"{contract.backbone}, {contract.embedding_dim}-d. Input {INPUT_NAME}: uint8 "
-        "(N, 112, 112, 3) RGB aligned to the ArcFace 5-point template. "
+        f"(N, {contract.input.height}, {contract.input.width}, 3) RGB aligned to the "
+        f"{contract.template().name} template. "
         f"Contract in metadata key {CONTRACT_KEY}."
     )
     onnx.checker.check_model(model)

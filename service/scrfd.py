@@ -24,7 +24,6 @@ from service.detection import Face, check_image, faces_at, nms, no_candidates
 log = logging.getLogger(__name__)
 
 _SCORE_DIM, _BOX_DIM, _KPS_DIM = 1, 4, 10
-_NUM_LANDMARKS = 5
 
 
 @dataclass(frozen=True)
