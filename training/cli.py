@@ -53,6 +53,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.set_defaults(run=_run_prepare)
     _add_train(commands)
     _add_evaluate(commands)
+    _add_compare_stage(commands)
     _add_backbones(commands)
 
 
@@ -112,6 +113,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--optimizer", choices=["sgd", "adamw"])
     train.add_argument("--lr", type=float)
     train.add_argument("--weight-decay", type=float)
+    train.add_argument(
+        "--l2sp",
+        type=float,
+        help="L2-SP: decay the backbone towards the --init-from weights with this strength",
+    )
     train.add_argument("--warmup-epochs", type=float)
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
@@ -149,6 +155,7 @@ def _run_train(args: argparse.Namespace) -> int:
             "optimizer",
             "lr",
             "weight_decay",
+            "l2sp",
             "warmup_epochs",
             "epochs",
             "batch_size",
@@ -271,6 +278,43 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--device", default="cpu", help="cpu or cuda")
     evaluate.set_defaults(run=_run_evaluate)
+
+
+def _add_compare_stage(commands: argparse._SubParsersAction) -> None:
+    compare = commands.add_parser(
+        "compare-stage",
+        help="train one objective on a pretrained model's frozen trunk (the loss comparison)",
+        description="Train the last stage and a fresh embedding layer of a pretrained model "
+        "with one objective, on trunk features cached once, then score it on CFP "
+        "(docs/loss-comparison, from a pretrained start). A rerun resumes.",
+    )
+    compare.add_argument("config", type=Path, help="objective TOML (head/loss) or reference")
+    compare.add_argument("--protocol", type=Path, required=True, help="the shared protocol TOML")
+    compare.add_argument("--data", type=Path, required=True, help="aligned training faces")
+    compare.add_argument("--cfp", type=Path, required=True, help="the raw CFP folder")
+    compare.add_argument("--aligned", type=Path, required=True, help="CFP aligned by prepare")
+    compare.add_argument("--cache", type=Path, required=True, help="trunk feature cache")
+    compare.add_argument("--out", type=Path, required=True, help="run folder")
+    compare.set_defaults(run=_run_compare_stage)
+
+
+def _run_compare_stage(args: argparse.Namespace) -> int:
+    from training.frozen_trunk import StageRun, cfp_runs, load_protocol
+
+    protocols, open_sets = cfp_runs(args.cfp, args.aligned)
+    run = StageRun(
+        args.config,
+        load_protocol(args.protocol),
+        args.data,
+        args.cache,
+        args.out,
+        protocols,
+        open_sets,
+    )
+    run.fit()
+    report = run.evaluate()
+    print(format_report(report))
+    return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

@@ -41,6 +41,13 @@ class TrainConfig(BaseModel):
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
+    l2sp: float = Field(
+        0.0,
+        ge=0,
+        description="L2-SP (Li et al., 2018): decay the backbone towards its --init-from "
+        "weights with this strength instead of towards zero, so fine-tuning stays near a "
+        "pretrained start; 0 turns it off. The head keeps weight_decay.",
+    )
     warmup_epochs: float = Field(1.0, ge=0)
     epochs: int = Field(20, gt=0)
     batch_size: int = Field(128, gt=1)
@@ -74,6 +81,8 @@ class TrainConfig(BaseModel):
             raise ValueError("without a head, the loss must be one of " + ", ".join(METRIC_LOSSES))
         if self.loss == "center" and self.head is None:
             raise ValueError("center loss is added to a softmax-family head; set head")
+        if self.l2sp and self.init_from is None:
+            raise ValueError("l2sp pulls towards the --init-from weights; give init_from")
         if self.backbone == "onnx" and self.init_from is None:
             raise ValueError("backbone onnx trains the network of --init-from; give init_from")
         if self.loss in METRIC_LOSSES and self.batch_size % self.images_per_identity:

@@ -47,6 +47,19 @@ def pair_scores(embeddings: dict[str, np.ndarray], protocol: PairsProtocol) -> n
     return (left * right).sum(axis=1)
 
 
+def images_by_root(
+    protocols: list[ProtocolRun], open_sets: list[OpenSetRun]
+) -> dict[Path, list[str]]:
+    """Every image the runs need, by image root, each once: CFP's FF, FP and open-set runs
+    share most of their photos."""
+    wanted: dict[Path, set[str]] = {}
+    for run in protocols:
+        wanted.setdefault(run.image_root, set()).update(run.protocol.images)
+    for run in open_sets:
+        wanted.setdefault(run.image_root, set()).update(run.paths)
+    return {root: sorted(paths) for root, paths in wanted.items()}
+
+
 def _embed_once(
     backbone: torch.nn.Module,
     protocols: list[ProtocolRun],
@@ -54,18 +67,10 @@ def _embed_once(
     device: torch.device,
     flip: bool,
 ) -> dict[Path, dict[str, np.ndarray]]:
-    """Embeddings by image root and path: CFP's FF, FP and open-set runs share most of their
-    photos, and each is embedded once."""
-    wanted: dict[Path, set[str]] = {}
-    for run in protocols:
-        wanted.setdefault(run.image_root, set()).update(run.protocol.images)
-    for run in open_sets:
-        wanted.setdefault(run.image_root, set()).update(run.paths)
     embedded: dict[Path, dict[str, np.ndarray]] = {}
-    for root, paths in wanted.items():
-        ordered = sorted(paths)
-        rows = embed_dataset(backbone, root, ordered, device, flip=flip)
-        embedded[root] = dict(zip(ordered, rows, strict=True))
+    for root, paths in images_by_root(protocols, open_sets).items():
+        rows = embed_dataset(backbone, root, paths, device, flip=flip)
+        embedded[root] = dict(zip(paths, rows, strict=True))
     return embedded
 
 
@@ -85,17 +90,30 @@ def evaluate_checkpoint(
     device: str = "cpu",
 ) -> dict[str, Any]:
     backbone, config = load_backbone(checkpoint, device)
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {
+    vectors = _embed_once(backbone, protocols, open_sets, torch.device(device), flip)
+    report = {
         "checkpoint": str(checkpoint),
         "backbone": config.backbone,
         "head": config.head,
         "loss": config.loss,
         "flip": flip,
-        "verification": {},
-        "open_set": {},
     }
-    vectors = _embed_once(backbone, protocols, open_sets, torch.device(device), flip)
+    return report | score_embeddings(
+        vectors, protocols, open_sets, out, title=f"{checkpoint.parent.name}: ROC"
+    )
+
+
+def score_embeddings(
+    vectors: dict[Path, dict[str, np.ndarray]],
+    protocols: list[ProtocolRun],
+    open_sets: list[OpenSetRun],
+    out: Path,
+    title: str,
+) -> dict[str, Any]:
+    """The verification and open-set report of embeddings by image root and path, with the
+    raw pair scores (scores-<protocol>.npz) and plots written into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"verification": {}, "open_set": {}}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for run in protocols:
         scores = pair_scores(vectors[run.image_root], run.protocol)
@@ -118,7 +136,7 @@ def evaluate_checkpoint(
             title=f"{run.protocol.name}: genuine vs impostor cosine",
         )
     if curves:
-        plot_roc(curves, out / "roc.png", title=f"{checkpoint.parent.name}: ROC")
+        plot_roc(curves, out / "roc.png", title=title)
     for run in open_sets:
         embedded = np.stack([vectors[run.image_root][p] for p in run.paths])
         gallery, probes = split_open_set(run.identities, run.paths, known_fraction=0.5, seed=0)

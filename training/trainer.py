@@ -143,6 +143,13 @@ class Trainer:
         if config.init_from is not None and not self.checkpoint_path.exists():
             self._warm_start(config.init_from)
         self.backbone.to(self.device)
+        # The starting weights, for L2-SP and for the drift every train record reports;
+        # a resumed run reads them from its checkpoint.
+        self.start: dict[str, torch.Tensor] | None = (
+            {n: p.detach().clone() for n, p in self.backbone.named_parameters()}
+            if config.init_from is not None
+            else None
+        )
         self.objective.to(self.device)
         self.amp = config.amp and self.device.type == "cuda"
         self.model: nn.Module = TrainStep(self.backbone, self.objective, self.amp)
@@ -151,18 +158,23 @@ class Trainer:
                 self.model,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
-        parameters = [
-            p
-            for p in [*self.backbone.parameters(), *self.objective.parameters()]
-            if p.requires_grad
+        # L2-SP replaces the backbone's decay towards zero by its pull towards the start.
+        backbone_decay = 0.0 if config.l2sp else config.weight_decay
+        groups = [
+            {
+                "params": [p for p in self.backbone.parameters() if p.requires_grad],
+                "weight_decay": backbone_decay,
+            },
+            {"params": [p for p in self.objective.parameters() if p.requires_grad]},
         ]
+        groups = [g for g in groups if g["params"]]
         if config.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+                groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
             )
         else:
             self.optimizer = torch.optim.AdamW(
-                parameters, lr=config.lr, weight_decay=config.weight_decay
+                groups, lr=config.lr, weight_decay=config.weight_decay
             )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = RunState()
@@ -252,6 +264,7 @@ class Trainer:
             # A foreign network's structure lives in its file, not in our code: kept so the
             # checkpoint alone can be resumed, evaluated and exported.
             "init_model": getattr(self.backbone, "source", None),
+            "start": self.start,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "state": vars(self.state).copy(),
@@ -279,6 +292,8 @@ class Trainer:
             )
         self.backbone.load_state_dict(payload["backbone"])
         self.objective.load_state_dict(payload["objective"])
+        if payload.get("start") is not None:
+            self.start = {n: t.to(self.device) for n, t in payload["start"].items()}
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scaler.load_state_dict(payload["scaler"])
         self.state = RunState(**payload["state"])
@@ -365,11 +380,33 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
+        self._pull_to_start()
         nn.utils.clip_grad_norm_(self.backbone.parameters(), self.config.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         correct = int((logits.argmax(1) == labels).sum()) if logits is not None else None
         return float(loss.detach()), correct
+
+    def _pull_to_start(self) -> None:
+        """The gradient of L2-SP's (l2sp / 2)·||w - w_start||², added after unscaling so
+        mixed precision does not scale it."""
+        if not self.config.l2sp or self.start is None:
+            return
+        with torch.no_grad():
+            for name, p in self.backbone.named_parameters():
+                if p.grad is not None:
+                    p.grad.add_(p - self.start[name], alpha=self.config.l2sp)
+
+    @torch.no_grad()
+    def drift(self) -> float | None:
+        """||w - w_start|| / ||w_start|| over the backbone: how far fine-tuning has moved it."""
+        if self.start is None:
+            return None
+        moved = sum(
+            float((p - self.start[n]).pow(2).sum()) for n, p in self.backbone.named_parameters()
+        )
+        size = sum(float(t.pow(2).sum()) for t in self.start.values())
+        return math.sqrt(moved / size)
 
     def _train_record(
         self, loss: float, correct: int | None, batch: int, rate: float
@@ -384,6 +421,9 @@ class Trainer:
         }
         if correct is not None:
             record["accuracy"] = round(correct / batch, 4)
+        drift = self.drift()
+        if drift is not None:
+            record["drift"] = round(drift, 6)
         head = self.objective.head
         if head is not None and hasattr(head, "lambda_"):
             record["lambda"] = float(head.lambda_)

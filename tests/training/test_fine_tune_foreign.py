@@ -98,3 +98,29 @@ def test_fine_tuning_the_converted_embedder_trains_resumes_and_exports(omz_faces
     assert contract.parity.min_cosine >= 0.99999
     served = Embedder(out).embed(aligned_faces(omz_faces, 4, size=128)).vectors
     assert served.shape == (4, 256) and np.allclose(np.linalg.norm(served, axis=1), 1, atol=1e-5)
+
+
+def test_l2sp_needs_a_start_to_pull_towards(omz_faces, tmp_path):
+    with pytest.raises(ValueError, match="l2sp pulls towards"):
+        TrainConfig(data=omz_faces, out=tmp_path, backbone="iresnet18", l2sp=0.1)
+
+
+@pytest.mark.slow
+def test_l2sp_holds_the_network_nearer_its_start_and_resumes_with_the_same_start(
+    omz_faces, tmp_path
+):
+    free = Trainer(config(omz_faces, tmp_path / "free", val_pairs=0))
+    assert free.drift() == 0.0
+    free.fit(stop_after_steps=2)
+    held = Trainer(config(omz_faces, tmp_path / "held", val_pairs=0, l2sp=50.0))
+    held.fit(stop_after_steps=2)
+    # Same data, seed and steps: only the pull differs, and the backbone's decay towards zero
+    # is off under it.
+    assert 0 < held.drift() < 0.8 * free.drift()
+    assert held.optimizer.param_groups[0]["weight_decay"] == 0.0
+    assert free.optimizer.param_groups[0]["weight_decay"] == 5e-4
+    logged = [r for r in records(tmp_path / "held") if r["kind"] == "train"]
+    assert logged == [] or "drift" in logged[-1]
+    # The start comes back from the checkpoint, not from the resumed weights.
+    resumed = Trainer(config(omz_faces, tmp_path / "held", val_pairs=0, l2sp=50.0))
+    assert resumed.drift() == pytest.approx(held.drift(), rel=1e-6)
