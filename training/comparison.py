@@ -35,6 +35,8 @@ class Run:
 
     @property
     def objective(self) -> str:
+        if self.config.get("reference"):
+            return "pretrained, as shipped"
         head, loss = self.config.get("head"), self.config.get("loss")
         parts = []
         if head:

@@ -201,7 +201,9 @@ def trunk_features(
     files = [resolve_aligned(root, p) for p in paths]
     size = crop_size(next(f for f in files if f is not None))
     shape = session.run(None, {name: np.zeros((1, 3, size, size), np.float32)})[0].shape[1:]
-    partial = features_path.with_suffix(".partial.npy")
+    # Per process: two runs filling the same cache at once each write their own, and the
+    # last rename wins with identical bytes.
+    partial = features_path.with_suffix(f".{os.getpid()}.partial.npy")
     out = np.lib.format.open_memmap(partial, "w+", np.float16, (len(paths), *shape))
     found = np.array([f is not None for f in files])
     what = f"trunk features{' (mirrored)' if mirror else ''}"
@@ -217,8 +219,8 @@ def trunk_features(
         out[[i for i, _ in chunk]] = session.run(None, {name: batch})[0].astype(np.float16)
     out.flush()
     del out
-    os.replace(partial, features_path)
     np.save(found_path, found)
+    os.replace(partial, features_path)
     return np.load(features_path, mmap_mode="r"), found
 
 
