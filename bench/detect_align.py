@@ -3,7 +3,7 @@
 For each detector (MTCNN with its default config; SCRFD with its default adaptive input) and
 each image size, the script times the steps `facemargin prepare` and the service run on one
 upload: `decode_image(bytes)`, `detector.detect(pixels)`, then `align_face` on every face found
-(as `service.preprocess.detect_and_align` with `FacePolicy.all`).
+(as `service.vision.preprocess.detect_and_align` with `FacePolicy.all`).
 
 Test images are built from the real 112x112 loose face crops under `--data`:
 
@@ -47,9 +47,9 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from service.alignment import align_face
-from service.detection import Detector, Face
-from service.imaging import decode_image
+from service.vision.alignment import align_face
+from service.vision.detection import Detector, Face
+from service.vision.imaging import decode_image
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = Path("/work/shared/data")
@@ -200,12 +200,12 @@ def build_images(data: Path, sizes: list[int], seed: int) -> list[TestImage]:
 def make_detectors(args: argparse.Namespace) -> dict[str, Detector]:
     detectors: dict[str, Detector] = {}
     if "mtcnn" in args.detectors:
-        from service.mtcnn import MtcnnConfig, MtcnnDetector
+        from service.vision.mtcnn import MtcnnConfig, MtcnnDetector
 
         detectors["MTCNN"] = MtcnnDetector(args.mtcnn_dir, MtcnnConfig(), threads=args.threads)
     if "scrfd" in args.detectors:
         if args.scrfd_model.is_file():
-            from service.scrfd import ScrfdDetector
+            from service.vision.scrfd import ScrfdDetector
 
             detectors["SCRFD"] = ScrfdDetector(args.scrfd_model, threads=args.threads)
         else:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.embedder import Embedder
+from service.vision.embedder import Embedder
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -4,7 +4,7 @@ the reduced-decode path side by side in one run.
 Today's path: `decode_image(max_side=None)` (all 12 MP decoded), YuNet, then one bilinear
 `cv2.warpAffine` onto the template (what `align_face` did before it learned to area-average).
 New path: `decode_image()` (a large JPEG decoded at 1/2, 1/4 or 1/8 scale by libjpeg, long side
->= `service.imaging.WORKING_SIDE`), YuNet, `align_face` (area-averages first when the face is
+>= `service.vision.imaging.WORKING_SIDE`), YuNet, `align_face` (area-averages first when the face is
 over twice the template's size).
 
 The large photos are built in memory at run time from real CFP frontal photos (112x112 face
@@ -34,8 +34,8 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.alignment import align_face, alignment_matrix, template_named  # noqa: E402
-from service.imaging import WORKING_SIDE, decode_image  # noqa: E402
+from service.vision.alignment import align_face, alignment_matrix, template_named  # noqa: E402
+from service.vision.imaging import WORKING_SIDE, decode_image  # noqa: E402
 
 CFP = REPO.parent / "shared" / "data" / "val" / "cfp" / "Data" / "Images"
 CANVAS = (4000, 3000)
@@ -43,13 +43,13 @@ QUALITY = 90
 
 
 def build_detector():
-    from service.preprocess import build_detector as build
-    from service.settings import Settings
-
     try:
-        return build(Settings(detector="yunet", onnx_threads=1))
-    except Exception:  # an older tree without the yunet DetectorKind
-        from service.yunet import YunetDetector
+        from service.vision.preprocess import DetectorConfig
+        from service.vision.preprocess import build_detector as build
+
+        return build(DetectorConfig(threads=1))
+    except ImportError:  # an older tree, before service/vision
+        from service.vision.yunet import YunetDetector
 
         return YunetDetector(REPO / "models" / "yunet.onnx", threads=1)
 

@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from service.embedder import Embedder
-from service.errors import FaceMarginError
-from service.faces import Policy, read_faces, stack
-from service.preprocess import build_detector
 from service.settings import Settings
+from service.vision.embedder import Embedder
+from service.vision.errors import FaceMarginError
+from service.vision.faces import Policy, read_faces, stack
+from service.vision.preprocess import build_detector
 from training.evaluation import missed_as_rejected, tar_at_far, verification_report
 from training.protocols import PairsProtocol, read_cfp
 
@@ -67,7 +67,7 @@ class Side:
 
 def facemargin_side(model: Path) -> tuple[str, int, callable]:
     settings = Settings(onnx_threads=1)
-    detector = build_detector(settings)
+    detector = build_detector(settings.detector_config())
     embedder = Embedder(model, threads=1)
 
     def run(path: Path) -> np.ndarray | None:

@@ -14,9 +14,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from service.alignment import Template
-from service.contract import FAR_TARGETS, MIN_FALSE_ACCEPTS, Calibration, OperatingPoint, Validation
-from service.embedder import Embedder
+from service.vision.alignment import Template
+from service.vision.contract import (
+    FAR_TARGETS,
+    MIN_FALSE_ACCEPTS,
+    Calibration,
+    OperatingPoint,
+    Validation,
+)
+from service.vision.embedder import Embedder
+from service.vision.preprocess import DetectorConfig
 from training.data import load_rgb
 from training.embedder import resolve_aligned
 from training.evaluation import eer, threshold_at_far, verification_report
@@ -192,13 +199,20 @@ class ValidationData:
         return self.aligned_root
 
 
-def prepared_cfp(cfp_root: Path, cache: Path, workers: int, template: Template) -> Path:
-    """CFP aligned by `facemargin prepare` onto `template` into `cache` (resumable: a finished
-    cache costs a directory scan), so thresholds are measured on exactly what the service
-    will see."""
+def prepared_cfp(
+    cfp_root: Path, cache: Path, workers: int, template: Template, detector: DetectorConfig
+) -> Path:
+    """CFP aligned by `facemargin prepare` onto `template` with the service's `detector` into
+    `cache` (resumable: a finished cache costs a directory scan), so thresholds are measured
+    on exactly what the service will see."""
     from training.prepare import PrepareOptions, prepare
 
-    prepare(PrepareOptions(source=cfp_root, target=cache, workers=workers, template=template))
+    one_thread = detector.model_copy(update={"threads": 1})  # prepare runs one per process
+    prepare(
+        PrepareOptions(
+            source=cfp_root, target=cache, workers=workers, template=template, detector=one_thread
+        )
+    )
     return cache
 
 

@@ -44,7 +44,7 @@ def _reports_failures(run: Callable[[argparse.Namespace], int]):
         from export.parity import ParityError
         from export.variants import VariantRejected
         from export.wrap import ForeignModelError
-        from service.embedder import ModelContractError
+        from service.vision.embedder import ModelContractError
 
         try:
             return run(args)
@@ -226,7 +226,7 @@ def _add_wrap(targets: argparse._SubParsersAction) -> None:
 
 
 def _template_names() -> list[str]:
-    from service.alignment import TEMPLATES
+    from service.vision.alignment import TEMPLATES
 
     return list(TEMPLATES)
 
@@ -302,8 +302,8 @@ def _validation(args: argparse.Namespace, template_name: str = "arcface-112-5pt"
     """The ValidationData the flags describe, aligning raw CFP onto the model's template
     first when needed; None with --no-calibration."""
     from export.calibration import ValidationData, prepared_cfp
-    from service.alignment import template_named
     from service.settings import get_settings
+    from service.vision.alignment import template_named
 
     if getattr(args, "no_calibration", False):
         return None
@@ -330,7 +330,13 @@ def _validation(args: argparse.Namespace, template_name: str = "arcface-112-5pt"
         )
         key = hashlib.sha256(origin.encode()).hexdigest()[:8]
         cache = args.cache / f"cfp-{template_name}-{detector}-{key}"
-        aligned = prepared_cfp(args.cfp, cache, args.workers, template_named(template_name))
+        aligned = prepared_cfp(
+            args.cfp,
+            cache,
+            args.workers,
+            template_named(template_name),
+            settings.detector_config(),
+        )
     return ValidationData(aligned_root=aligned, cfp_root=args.cfp)
 
 
@@ -400,7 +406,7 @@ def _run_int8(args: argparse.Namespace) -> int:
 @_reports_failures
 def _run_wrap(args: argparse.Namespace) -> int:
     from export.wrap import ForeignConvention, wrap_model
-    from service.alignment import template_named
+    from service.vision.alignment import template_named
 
     wrap_model(
         args.foreign,
@@ -419,7 +425,7 @@ def _run_wrap(args: argparse.Namespace) -> int:
 @_reports_failures
 def _run_omz(args: argparse.Namespace) -> int:
     from export.omz import convert_omz
-    from service.alignment import template_named
+    from service.vision.alignment import template_named
 
     if not args.xml.is_file():
         raise ExportFailed(f"{args.xml}: no such file")
@@ -540,7 +546,7 @@ def format_contract(contract) -> str:
 def _run_inspect(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
-    from service.contract import parse_contract
+    from service.vision.contract import parse_contract
 
     try:
         session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])

@@ -21,9 +21,9 @@ from export.onnx_model import (
 )
 from export.parity import FP32_MIN_COSINE, checkpoint_embeddings, compare, parity_faces
 from export.wrap import contract_model
-from service.alignment import ARCFACE_112, TEMPLATE_NAME, Template
-from service.contract import ModelContract, Objective, TrainingSummary
-from service.embedder import Embedder
+from service.vision.alignment import ARCFACE_112, TEMPLATE_NAME, Template
+from service.vision.contract import ModelContract, Objective, TrainingSummary
+from service.vision.embedder import Embedder
 from training.backbones import count_macs, count_parameters
 from training.config import TrainConfig
 from training.data import index_faces

@@ -15,8 +15,8 @@ import numpy as np
 
 from export.calibration import ValidationData
 from export.wrap import ForeignConvention, Reference, contract_model
-from service.alignment import OMZ_128, Template
-from service.contract import ModelContract, TrainingSummary
+from service.vision.alignment import OMZ_128, Template
+from service.vision.contract import ModelContract, TrainingSummary
 
 # OMZ embedders take BGR 0-255 pixels; the scaling is inside their graph.
 OMZ_CONVENTION = ForeignConvention(mean=0.0, std=1.0, bgr=True)

@@ -14,7 +14,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from service.contract import (
+from service.vision.contract import (
     CONTRACT_KEY,
     EMBEDDING_OUTPUT,
     INPUT_NAME,

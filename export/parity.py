@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from export.calibration import ValidationData
-from service.contract import EMBEDDING_OUTPUT, INPUT_NAME, Parity
-from service.embedder import Embedder
+from service.vision.contract import EMBEDDING_OUTPUT, INPUT_NAME, Parity
+from service.vision.embedder import Embedder
 from training.data import IMAGE_SUFFIXES, load_rgb, to_tensor
 
 # Per-face cosine between the checkpoint's and onnxruntime's embedding. float32 reorderings

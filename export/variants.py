@@ -16,8 +16,8 @@ from export.calibration import ValidationData, measure
 from export.onnx_model import read_contract, weights_id, write_contract
 from export.parity import aligned_faces, compare, parity_faces, run_in_batches
 from export.wrap import unwrap, wrap_graph
-from service.contract import INPUT_NAME, AccuracyChange, ModelContract, Quantization
-from service.embedder import Embedder, ModelContractError
+from service.vision.contract import INPUT_NAME, AccuracyChange, ModelContract, Quantization
+from service.vision.embedder import Embedder, ModelContractError
 
 FP16_MIN_COSINE = 0.9995
 INT8_OPS = ["Conv", "Gemm", "MatMul"]

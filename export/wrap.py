@@ -24,8 +24,8 @@ from onnx import TensorProto, helper
 from export.calibration import ValidationData, measure
 from export.onnx_model import weights_id, write_contract
 from export.parity import FP32_MIN_COSINE, compare, parity_faces
-from service.alignment import ARCFACE_112, Template
-from service.contract import (
+from service.vision.alignment import ARCFACE_112, Template
+from service.vision.contract import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     NORM_OUTPUT,
@@ -265,7 +265,7 @@ def contract_model(
             exporter=exporter,
         )
         write_contract(partial, contract)
-        from service.embedder import Embedder
+        from service.vision.embedder import Embedder
 
         embedder = Embedder(partial)
         faces = parity_faces(validation, parity_root, template.size)

@@ -16,12 +16,12 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import FaceMarginError, ImageTooLarge, RateLimited
 from service.routes import faces, gallery, operations
 from service.routes.operations import package_version
 from service.runtime import start_runtime, stop_runtime
 from service.schemas import ErrorResponse
 from service.settings import Settings, get_settings
+from service.vision.errors import FaceMarginError, ImageTooLarge, RateLimited
 
 log = logging.getLogger("facemargin")
 # Our own access log replaces uvicorn's: it leaves out the query string, where a client may

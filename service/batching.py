@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.embedder import Embedder, Embeddings
+from service.vision.embedder import Embedder, Embeddings
 
 
 @dataclass

@@ -17,17 +17,17 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
-from service.alignment import Template
 from service.batching import MicroBatcher
-from service.contract import ModelContract
-from service.detection import Detector
-from service.embedder import Embedder, choose_providers
-from service.errors import FaceMarginError, NotReady, Overloaded
 from service.gallery import Gallery, GalleryError
 from service.metrics import Metrics
-from service.preprocess import build_detector
 from service.security import KeyChecker, RateLimiter, parse_keys
 from service.settings import Settings
+from service.vision.alignment import Template
+from service.vision.contract import ModelContract
+from service.vision.detection import Detector
+from service.vision.embedder import Embedder, choose_providers
+from service.vision.errors import FaceMarginError, NotReady, Overloaded
+from service.vision.preprocess import build_detector
 
 log = logging.getLogger("facemargin")
 T = TypeVar("T")
@@ -196,7 +196,7 @@ async def start_runtime(settings: Settings) -> Runtime:
         initializer=_below_the_event_loop,
     )
     loop = asyncio.get_running_loop()
-    detector = await loop.run_in_executor(pool, build_detector, settings)
+    detector = await loop.run_in_executor(pool, build_detector, settings.detector_config())
     embedder = await loop.run_in_executor(
         pool,
         lambda: Embedder(

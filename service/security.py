@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from service.errors import RateLimited, Unauthorized
+from service.vision.errors import RateLimited, Unauthorized
 
 API_KEY_HEADER = "X-API-Key"
 

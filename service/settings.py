@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -10,22 +9,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def _shipped_models_dir() -> Path:
-    """models/ beside the packages in a source checkout; share/facemargin/models once installed."""
-    source_tree = Path(__file__).resolve().parent.parent / "models"
-    if source_tree.is_dir():
-        return source_tree
-    return Path(sys.prefix) / "share" / "facemargin" / "models"
-
-
-MODELS_DIR = _shipped_models_dir()
-
-
-class DetectorKind(StrEnum):
-    mtcnn = "mtcnn"
-    scrfd = "scrfd"
-    yunet = "yunet"
+from service.vision.imaging import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from service.vision.preprocess import MODELS_DIR, DetectorConfig, DetectorKind
 
 
 class IndexKind(StrEnum):
@@ -48,7 +33,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEMARGIN_", extra="ignore")
 
     max_image_bytes: int = Field(
-        default=20 * 1024 * 1024, gt=0, description="Largest encoded image accepted, in bytes."
+        default=MAX_IMAGE_BYTES, gt=0, description="Largest encoded image accepted, in bytes."
     )
     max_body_bytes: int = Field(
         default=50 * 1024 * 1024,
@@ -56,7 +41,7 @@ class Settings(BaseSettings):
         description="Largest request body, enforced while it streams in.",
     )
     max_image_pixels: int = Field(
-        default=40_000_000,
+        default=MAX_IMAGE_PIXELS,
         gt=0,
         description="Largest width*height accepted, checked from the header before decoding.",
     )
@@ -200,6 +185,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'gallery.db').resolve()}"
+
+    def detector_config(self) -> DetectorConfig:
+        return DetectorConfig(
+            kind=self.detector,
+            path=self.detector_path,
+            min_face_size=self.min_face_size,
+            threshold=self.detection_threshold,
+            fallback_threshold=self.detection_fallback_threshold,
+            threads=self.onnx_threads,
+        )
 
 
 @lru_cache

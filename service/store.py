@@ -30,7 +30,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from service.errors import FaceMarginError
+from service.vision.errors import FaceMarginError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # How long an SQLite writer waits for another one before giving up with "database is locked".

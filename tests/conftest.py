@@ -49,7 +49,7 @@ def photos() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def mtcnn():
-    from service.mtcnn import MtcnnDetector
+    from service.vision.mtcnn import MtcnnDetector
 
     return MtcnnDetector(MODELS)
 
@@ -66,7 +66,7 @@ def prepare_subset(
     """Copy a slice of identities (CelebA by default) into `root/raw` and align them into
     `root/aligned` onto the named template. `pattern` picks the photos inside an identity
     folder."""
-    from service.alignment import template_named
+    from service.vision.alignment import template_named
     from training.prepare import PrepareOptions, prepare
 
     if not source.is_dir():

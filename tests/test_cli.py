@@ -36,7 +36,7 @@ def test_unknown_command_fails_cleanly(capsys):
 def test_cli_and_preprocessing_do_not_import_torch():
     code = (
         "import sys; from service.cli import build_parser; build_parser();"
-        "import service.preprocess, service.mtcnn, service.alignment, service.embedder;"
+        "import service.vision.preprocess, service.vision.mtcnn, service.vision.alignment, service.vision.embedder;"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 from typing import get_args
 
-from service.detection import FacePolicy
+from service.vision.detection import FacePolicy
+from service.vision.preprocess import DetectorConfig, DetectorKind
 from training.config import Augmentation
 
 
@@ -20,8 +21,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "onto the template of --model (default: ArcFace 112x112). Resumable: rerun the same "
         "command to continue. Writes "
         "prepare-report.jsonl (one line per image: ok, no_face, multiple_faces, unreadable) "
-        "and prepare-summary.json (detection yield per top-level folder). The detector is "
-        "chosen by FACEMARGIN_DETECTOR / FACEMARGIN_DETECTOR_PATH as for the service.",
+        "and prepare-summary.json (detection yield per top-level folder). The detector and "
+        "its thresholds default to the service's defaults.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     prepare.add_argument("source", type=Path, help="folder of raw photos")
@@ -49,6 +50,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     prepare.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="parallel processes"
+    )
+    prepare.add_argument(
+        "--detector", type=DetectorKind, choices=list(DetectorKind), default=DetectorKind.yunet
+    )
+    prepare.add_argument(
+        "--detector-path",
+        type=Path,
+        help="the detector's file (or folder, for MTCNN); default: the shipped one",
+    )
+    prepare.add_argument(
+        "--detection-threshold", type=float, help="score threshold; default the detector's own"
     )
     prepare.set_defaults(run=_run_prepare)
     _add_train(commands)
@@ -203,14 +215,14 @@ def _run_backbones(args: argparse.Namespace) -> int:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from service.alignment import ARCFACE_112
+    from service.vision.alignment import ARCFACE_112
     from training.prepare import PrepareOptions, prepare
 
     if not args.source.is_dir():
         raise SystemExit(f"facemargin prepare: {args.source} is not a folder")
     template = ARCFACE_112
     if args.model is not None:
-        from service.embedder import Embedder, ModelContractError
+        from service.vision.embedder import Embedder, ModelContractError
 
         if not args.model.is_file():
             raise SystemExit(f"facemargin prepare: --model {args.model}: no such file")
@@ -229,6 +241,11 @@ def _run_prepare(args: argparse.Namespace) -> int:
                 image_format=args.format,
                 workers=max(args.workers, 1),
                 template=template,
+                detector=DetectorConfig(
+                    kind=args.detector,
+                    threshold=args.detection_threshold,
+                    **({"path": args.detector_path} if args.detector_path else {}),
+                ),
             )
         )
     except ValueError as error:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from service.alignment import ALIGNED_SIZE
+from service.vision.alignment import ALIGNED_SIZE
 from training.config import Augmentation
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from onnx import helper, numpy_helper
 from torch import nn
 
-from service.contract import ModelContract, parse_contract
+from service.vision.contract import ModelContract, parse_contract
 from training.data import PIXEL_MEAN, PIXEL_STD
 
 Attributes = dict[str, object]

@@ -14,19 +14,18 @@ import multiprocessing
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 import cv2
 from tqdm import tqdm
 
-from service.alignment import ARCFACE_112, Template
-from service.detection import FacePolicy
-from service.errors import FaceMarginError
-from service.imaging import read_image
-from service.preprocess import build_detector, detect_and_align
-from service.settings import Settings
+from service.vision.alignment import ARCFACE_112, Template
+from service.vision.detection import FacePolicy
+from service.vision.errors import FaceMarginError
+from service.vision.imaging import read_image
+from service.vision.preprocess import DetectorConfig, build_detector, detect_and_align
 
 REPORT_NAME = "prepare-report.jsonl"
 TEMPLATE_NAME = "prepare-template.json"
@@ -49,6 +48,9 @@ class PrepareOptions:
     image_format: str = "png"
     workers: int = max(os.cpu_count() or 1, 1)
     template: Template = ARCFACE_112
+    # One single-threaded detector per process: processes scale across cores better than
+    # ONNX Runtime's intra-op threads on these small nets.
+    detector: DetectorConfig = field(default_factory=lambda: DetectorConfig(threads=1))
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,8 @@ _worker: dict[str, object] = {}
 
 
 def _init_worker(options: PrepareOptions) -> None:
-    # One single-threaded detector per process: processes scale across cores better than
-    # ONNX Runtime's intra-op threads on these small nets.
     _worker["options"] = options
-    _worker["detector"] = build_detector(Settings(onnx_threads=1))
+    _worker["detector"] = build_detector(options.detector)
 
 
 def _process(relative: str) -> Record:

@@ -29,7 +29,7 @@ from onnx import numpy_helper
 from torch import nn
 from tqdm import tqdm
 
-from service.embedder import Embedder
+from service.vision.embedder import Embedder
 from training.data import PIXEL_MEAN, PIXEL_STD, FaceIndex, load_rgb
 
 FOLDED_BIAS_SUFFIX = "_bias"  # the exporter names a folded bias after the weight it joined

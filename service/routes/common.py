@@ -7,13 +7,13 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, Header, Request, UploadFile
 
-from service.detection import Face
-from service.errors import ImageTooLarge, ThresholdUnavailable, UnsupportedBody
-from service.faces import PhotoFaces, Policy, read_faces
-from service.preprocess import AlignedFace
 from service.runtime import Runtime, get_runtime
 from service.schemas import Box, DetectedFace, OperatingPoint, UsedFace
 from service.security import API_KEY_HEADER
+from service.vision.detection import Face
+from service.vision.errors import ImageTooLarge, ThresholdUnavailable, UnsupportedBody
+from service.vision.faces import PhotoFaces, Policy, read_faces
+from service.vision.preprocess import AlignedFace
 
 
 async def authorize(

@@ -7,8 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from service.faces import Policy, on_photo, stack
-from service.imaging import decode_image
 from service.routes.common import (
     authorize,
     cosine,
@@ -27,6 +25,8 @@ from service.schemas import (
     ImageInfo,
     VerifyResponse,
 )
+from service.vision.faces import Policy, on_photo, stack
+from service.vision.imaging import decode_image
 
 router = APIRouter(tags=["faces"], dependencies=[Depends(authorize)])
 Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP photo.")]

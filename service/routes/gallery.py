@@ -9,14 +9,6 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
 
-from service.errors import (
-    ConflictingSubject,
-    FaceMarginError,
-    InvalidRequest,
-    LowQuality,
-    NothingEnrolled,
-)
-from service.faces import PhotoFaces, Policy, stack
 from service.gallery import NewTemplate
 from service.routes.common import (
     authorize,
@@ -43,6 +35,14 @@ from service.schemas import (
 )
 from service.settings import ScoreRule
 from service.store import Subject
+from service.vision.errors import (
+    ConflictingSubject,
+    FaceMarginError,
+    InvalidRequest,
+    LowQuality,
+    NothingEnrolled,
+)
+from service.vision.faces import PhotoFaces, Policy, stack
 
 router = APIRouter(tags=["gallery"], dependencies=[Depends(authorize)])
 SubjectId = Annotated[str, Path(pattern=SUBJECT_ID_PATTERN, description="Your id for the person.")]

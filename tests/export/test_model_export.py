@@ -16,8 +16,8 @@ from export.from_checkpoint import export_checkpoint
 from export.onnx_model import read_contract, weights_id
 from export.parity import ParityError, aligned_faces, checkpoint_embeddings, compare
 from service.cli import main
-from service.contract import MIN_FALSE_ACCEPTS, ModelContract
-from service.embedder import Embedder, ModelContractError
+from service.vision.contract import MIN_FALSE_ACCEPTS, ModelContract
+from service.vision.embedder import Embedder, ModelContractError
 from tests.conftest import MODELS
 from training.data import index_faces, load_rgb
 from training.embedder import embed_dataset, load_backbone, read_checkpoint

@@ -10,9 +10,9 @@ import pytest
 
 from export.onnx_model import read_contract
 from export.parity import aligned_faces
-from service.alignment import OMZ_128
 from service.cli import main
-from service.embedder import Embedder
+from service.vision.alignment import OMZ_128
+from service.vision.embedder import Embedder
 from tests.conftest import MODELS, SHARED, prepare_subset
 from tests.export.conftest import all_pairs
 

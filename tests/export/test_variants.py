@@ -11,7 +11,7 @@ from PIL import Image
 from export.onnx_model import read_contract
 from export.parity import aligned_faces
 from service.cli import main
-from service.embedder import Embedder
+from service.vision.embedder import Embedder
 from tests.conftest import DATA, MODELS, prepare_subset
 from tests.export.conftest import all_pairs, balanced
 

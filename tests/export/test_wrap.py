@@ -12,7 +12,7 @@ import torch
 from export.onnx_model import read_contract
 from export.parity import aligned_faces
 from service.cli import main
-from service.embedder import Embedder
+from service.vision.embedder import Embedder
 from tests.conftest import MODELS
 from training.embedder import load_backbone
 

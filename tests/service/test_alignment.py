@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.alignment import (
+from service.vision.alignment import (
     ALIGNED_SIZE,
     ARCFACE_112,
     ARCFACE_TEMPLATE,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from service.batching import MicroBatcher
-from service.embedder import Embedder
-from service.preprocess import detect_and_align
+from service.vision.embedder import Embedder
+from service.vision.preprocess import detect_and_align
 from tests.conftest import MODELS, load_rgb, sample_photos
 
 

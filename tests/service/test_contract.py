@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from service.alignment import ARCFACE_112, OMZ_128, Template
-from service.contract import (
+from service.vision.alignment import ARCFACE_112, OMZ_128, Template
+from service.vision.contract import (
     CONTRACT_KEY,
     AlignmentSpec,
     Calibration,

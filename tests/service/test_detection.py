@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.detection import Face, FacePolicy, nms, select_faces
+from service.vision.detection import Face, FacePolicy, nms, select_faces
 
 
 def face(x1: float, y1: float, x2: float, y2: float, score: float = 0.9) -> Face:

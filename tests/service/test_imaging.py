@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps, WebPImagePlugin
 
-from service import imaging
-from service.errors import FaceMarginError, ImageTooLarge, InvalidImage, UnsupportedImageType
-from service.imaging import ACCEPTED_FORMATS, DecodedImage, decode_image, read_image
 from service.settings import Settings
+from service.vision import imaging
+from service.vision.errors import FaceMarginError, ImageTooLarge, InvalidImage, UnsupportedImageType
+from service.vision.imaging import ACCEPTED_FORMATS, DecodedImage, decode_image, read_image
 
 # --------------------------------------------------------------------------- builders
 
@@ -320,12 +320,19 @@ def test_byte_cap_is_exact():
     assert decode_image(data, max_bytes=len(data)).pixels.shape == (24, 40, 3)
 
 
-def test_defaults_come_from_settings(monkeypatch):
+def test_defaults_are_the_service_defaults(monkeypatch):
+    # The core takes no settings: its defaults are the service's, and the limits it is given
+    # are the limits it applies.
+    assert (Settings().max_image_bytes, Settings().max_image_pixels) == (
+        imaging.MAX_IMAGE_BYTES,
+        imaging.MAX_IMAGE_PIXELS,
+    )
     data = encode(Image.fromarray(noise()), "PNG")
-    monkeypatch.setattr(imaging, "get_settings", lambda: Settings(max_image_bytes=len(data) - 1))
+    monkeypatch.setattr(imaging, "MAX_IMAGE_BYTES", len(data) - 1)
     with pytest.raises(ImageTooLarge):
         decode_image(data)
-    monkeypatch.setattr(imaging, "get_settings", lambda: Settings(max_image_pixels=40 * 24 - 1))
+    monkeypatch.setattr(imaging, "MAX_IMAGE_BYTES", len(data))
+    monkeypatch.setattr(imaging, "MAX_IMAGE_PIXELS", 40 * 24 - 1)
     with pytest.raises(ImageTooLarge, match="40x24"):
         decode_image(data)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import faces as faces_module
-from service.alignment import (
+from service.vision import faces as faces_module
+from service.vision.alignment import (
     ARCFACE_112,
     ARCFACE_TEMPLATE,
     AREA_BELOW,
@@ -21,8 +21,8 @@ from service.alignment import (
     align_face,
     alignment_matrix,
 )
-from service.faces import Policy, read_faces
-from service.imaging import WORKING_SIDE, decode_image, draft_factor
+from service.vision.faces import Policy, read_faces
+from service.vision.imaging import WORKING_SIDE, decode_image, draft_factor
 from tests.conftest import load_rgb
 
 # Stored pixels for each EXIF orientation k, from the upright picture: the inverse of what the

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from service.detection import Face
-from service.mtcnn import MtcnnConfig, MtcnnDetector
+from service.vision.detection import Face
+from service.vision.mtcnn import MtcnnConfig, MtcnnDetector
 from tests.conftest import DATA, MODELS, load_rgb
 
 

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.alignment import ARCFACE_112, align_face
-from service.errors import FaceMarginError
-from service.faces import Policy, read_faces
+from service.vision.alignment import ARCFACE_112, align_face
+from service.vision.errors import FaceMarginError
+from service.vision.faces import Policy, read_faces
 from tests.conftest import load_rgb, sample_photos
 
 FACE = load_rgb(sample_photos()[0])

@@ -6,12 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.detection import FacePolicy
-from service.mtcnn import MtcnnDetector
-from service.preprocess import YUNET_THRESHOLD, build_detector, detect_and_align
-from service.scrfd import ScrfdDetector
-from service.settings import DetectorKind, Settings
-from service.yunet import YunetDetector
+from service.settings import Settings
+from service.vision.detection import FacePolicy
+from service.vision.mtcnn import MtcnnDetector
+from service.vision.preprocess import (
+    YUNET_THRESHOLD,
+    DetectorKind,
+    build_detector,
+    detect_and_align,
+)
+from service.vision.scrfd import ScrfdDetector
+from service.vision.yunet import YunetDetector
 from tests.conftest import MODELS, SHARED, load_rgb
 
 SCRFD_MODEL = SHARED / "models" / "scrfd_500m.onnx"
@@ -19,21 +24,21 @@ needs_scrfd = pytest.mark.skipif(not SCRFD_MODEL.exists(), reason=f"{SCRFD_MODEL
 
 
 def test_default_settings_build_the_shipped_yunet_at_its_measured_threshold():
-    detector = build_detector(Settings())
+    detector = build_detector(Settings().detector_config())
     assert isinstance(detector, YunetDetector)
     assert detector.score_threshold == YUNET_THRESHOLD
 
 
 def test_settings_select_mtcnn_and_a_yunet_file_and_threshold(monkeypatch, tmp_path):
     monkeypatch.setenv("FACEMARGIN_DETECTOR", "mtcnn")
-    assert isinstance(build_detector(Settings()), MtcnnDetector)
+    assert isinstance(build_detector(Settings().detector_config()), MtcnnDetector)
     monkeypatch.setenv("FACEMARGIN_DETECTOR", "yunet")
     monkeypatch.setenv("FACEMARGIN_DETECTOR_PATH", str(MODELS / "yunet.onnx"))
     monkeypatch.setenv("FACEMARGIN_DETECTION_THRESHOLD", "0.8")
-    assert build_detector(Settings()).score_threshold == 0.8
+    assert build_detector(Settings().detector_config()).score_threshold == 0.8
     monkeypatch.setenv("FACEMARGIN_DETECTOR_PATH", str(tmp_path))  # a folder without yunet.onnx
     with pytest.raises(FileNotFoundError):
-        build_detector(Settings())
+        build_detector(Settings().detector_config())
 
 
 @needs_scrfd
@@ -42,7 +47,7 @@ def test_settings_select_scrfd(monkeypatch):
     monkeypatch.setenv("FACEMARGIN_DETECTOR_PATH", str(SCRFD_MODEL))
     settings = Settings()
     assert settings.detector is DetectorKind.scrfd
-    assert isinstance(build_detector(settings), ScrfdDetector)
+    assert isinstance(build_detector(settings.detector_config()), ScrfdDetector)
 
 
 def test_detect_and_align_returns_template_sized_faces(mtcnn, photos):

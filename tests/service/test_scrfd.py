@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from service.detection import Face
-from service.scrfd import ScrfdDetector, adaptive_input_size
+from service.vision.detection import Face
+from service.vision.scrfd import ScrfdDetector, adaptive_input_size
 from tests.conftest import SHARED, load_rgb, sample_photos
 
 MODEL = SHARED / "models" / "scrfd_500m.onnx"

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from service.errors import RateLimited, Unauthorized
 from service.security import KeyChecker, RateLimiter, hash_key, parse_keys
+from service.vision.errors import RateLimited, Unauthorized
 
 
 def test_keys_are_configured_as_digests_and_checked_by_name():

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.yunet import YunetDetector, padded, scaled_size
+from service.vision.yunet import YunetDetector, padded, scaled_size
 from tests.conftest import DATA, MODELS, SHARED, load_rgb, spread
 
 SOURCE = SHARED / "models" / "third-party" / "yunet" / "face_detection_yunet_2023mar.onnx"

@@ -13,8 +13,8 @@ import pytest
 from export.calibration import ValidationData
 from export.from_checkpoint import checkpoint_template, export_checkpoint
 from export.parity import aligned_faces
-from service.alignment import OMZ_128
-from service.embedder import Embedder
+from service.vision.alignment import OMZ_128
+from service.vision.embedder import Embedder
 from tests.conftest import MODELS, prepare_subset
 from tests.export.conftest import all_pairs
 from tests.training.test_trainer import records

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from export.wrap import unwrap
-from service.alignment import OMZ_128
-from service.embedder import Embedder
+from service.vision.alignment import OMZ_128
+from service.vision.embedder import Embedder
 from tests.conftest import MODELS, REPO, prepare_subset
 from tests.export.conftest import all_pairs, balanced
 from training.data import index_faces, load_rgb
@@ -170,7 +170,10 @@ def test_the_reference_run_scores_the_served_model(faces, pairs, tmp_path):
     crops = np.stack([load_rgb(faces / p, 128) for p in paths])
     vectors = dict(zip(paths, Embedder(OMZ).embed(crops).vectors, strict=True))
     served = np.array(
-        [vectors[a] @ vectors[b] for a, b in zip(pairs.protocol.left, pairs.protocol.right)]
+        [
+            vectors[a] @ vectors[b]
+            for a, b in zip(pairs.protocol.left, pairs.protocol.right, strict=True)
+        ]
     )
     assert np.abs(ours - served).max() < 2e-3
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())

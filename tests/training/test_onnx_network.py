@@ -11,10 +11,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from export.wrap import unwrap
-from service.alignment import OMZ_128
-from service.embedder import Embedder
-from service.preprocess import build_detector, detect_and_align
-from service.settings import Settings
+from service.vision.alignment import OMZ_128
+from service.vision.embedder import Embedder
+from service.vision.preprocess import DetectorConfig, build_detector, detect_and_align
 from tests.conftest import MODELS, load_rgb, sample_photos
 from training.data import to_tensor
 from training.onnx_network import ForeignBackbone, OnnxNetwork
@@ -25,7 +24,7 @@ OMZ = MODELS / "face-reidentification-retail-0095.onnx"
 @pytest.fixture(scope="module")
 def faces() -> np.ndarray:
     """Real photos aligned onto the OMZ template by the service's own path."""
-    detector = build_detector(Settings())
+    detector = build_detector(DetectorConfig())
     aligned = []
     for path in sample_photos(4):
         found, _ = detect_and_align(load_rgb(path), detector, template=OMZ_128)

@@ -11,12 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from service.alignment import OMZ_128
 from service.cli import main
-from service.detection import FacePolicy
-from service.imaging import read_image
-from service.preprocess import build_detector, detect_and_align
-from service.settings import Settings
+from service.vision.alignment import OMZ_128
+from service.vision.detection import FacePolicy
+from service.vision.imaging import read_image
+from service.vision.preprocess import DetectorConfig, build_detector, detect_and_align
 from tests.conftest import DATA, MODELS, load_rgb
 from training.prepare import REPORT_NAME, SUMMARY_NAME, read_report
 
@@ -77,7 +76,7 @@ def test_prepare_writes_aligned_faces_and_a_report(source, tmp_path):
 
     # Training pixels are exactly what the service's own path (its default detector) gives
     # for the same file.
-    detector = build_detector(Settings())
+    detector = build_detector(DetectorConfig())
     for relative, record in records.items():
         out = (target / relative).with_suffix(".png")
         assert out.exists() == (record["status"] == "ok")
@@ -153,7 +152,7 @@ def test_prepare_aligns_to_the_template_of_the_model_it_is_told(source, tmp_path
     assert main([*argv, "--model", str(model)]) == 0
     outputs = sorted(target.rglob("*.png"))
     assert outputs
-    detector = build_detector(Settings())
+    detector = build_detector(DetectorConfig())
     for out in outputs:
         raw = (source / "celeba" / out.relative_to(target)).with_suffix(".jpg")
         faces, _ = detect_and_align(read_image(raw).pixels, detector, FacePolicy.central, OMZ_128)
@@ -162,3 +161,25 @@ def test_prepare_aligns_to_the_template_of_the_model_it_is_told(source, tmp_path
         main(argv)  # the ArcFace default into the OMZ folder
     with pytest.raises(SystemExit, match="no such file"):
         main([*argv, "--model", str(tmp_path / "missing.onnx")])
+
+
+def test_the_detector_is_chosen_by_flags_not_by_the_services_variables(
+    source, tmp_path, monkeypatch
+):
+    """prepare is configured by its own flags; FACEMARGIN_* service variables do not reach it."""
+    monkeypatch.setenv("FACEMARGIN_DETECTOR", "scrfd")
+    monkeypatch.setenv("FACEMARGIN_DETECTOR_PATH", str(tmp_path / "absent.onnx"))
+    argv = ["prepare", str(source / "celeba"), "--workers", "1"]
+    assert main([*argv, str(tmp_path / "yunet")]) == 0
+    assert main([*argv, str(tmp_path / "mtcnn"), "--detector", "mtcnn"]) == 0
+    yunet = sorted((tmp_path / "yunet").rglob("*.png"))
+    mtcnn = sorted((tmp_path / "mtcnn").rglob("*.png"))
+    assert [p.relative_to(tmp_path / "yunet") for p in yunet] == [
+        p.relative_to(tmp_path / "mtcnn") for p in mtcnn
+    ]
+    # Two detectors put the landmarks in nearly, not exactly, the same places.
+    assert any(
+        not np.array_equal(load_rgb(a), load_rgb(b)) for a, b in zip(yunet, mtcnn, strict=True)
+    )
+    with pytest.raises(FileNotFoundError):
+        main([*argv, str(tmp_path / "gone"), "--detector-path", str(tmp_path / "absent.onnx")])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.embedder import Embedder
+from service.vision.embedder import Embedder
 from tests.conftest import MODELS
 from training.config import TrainConfig
 from training.data import FaceDataset, load_rgb

@@ -13,11 +13,11 @@ from enum import StrEnum
 
 import numpy as np
 
-from service.alignment import Template
-from service.detection import Detector, Face, FacePolicy
-from service.errors import FaceTooSmall, MultipleFaces, NoFace
-from service.imaging import DecodedImage, decode_image
-from service.preprocess import AlignedFace, detect_and_align
+from service.vision.alignment import Template
+from service.vision.detection import Detector, Face, FacePolicy
+from service.vision.errors import FaceTooSmall, MultipleFaces, NoFace
+from service.vision.imaging import DecodedImage, decode_image
+from service.vision.preprocess import AlignedFace, detect_and_align
 
 
 class Policy(StrEnum):

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from service.detection import Face, nms
+from service.vision.detection import Face, nms
 
 _CELL = 12  # PNet's receptive field
 _STRIDE = 2  # PNet's output stride

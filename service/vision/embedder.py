@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.alignment import Template
-from service.contract import (
+from service.vision.alignment import Template
+from service.vision.contract import (
     EMBEDDING_OUTPUT,
     INPUT_NAME,
     NORM_OUTPUT,

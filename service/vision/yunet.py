@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from service.detection import Face, check_image, faces_at, nms, no_candidates
+from service.vision.detection import Face, check_image, faces_at, nms, no_candidates
 
 STRIDES = (8, 16, 32)
 _DIVISOR = 32

@@ -50,12 +50,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from service.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
-from service.settings import get_settings
+from service.vision.errors import ImageTooLarge, InvalidImage, UnsupportedImageType
 
 ACCEPTED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP"})
 
 # MPO is opened through Pillow's JPEG factory, so it needs no entry of its own here.
+# The default limits; the service passes its own (FACEMARGIN_MAX_IMAGE_BYTES/PIXELS).
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000
+
 _PILLOW_OPENERS = ("JPEG", "PNG", "WEBP", "BMP")
 _ACCEPTED_NAMES = "JPEG, PNG, WebP, BMP"
 _EXIF_ORIENTATION = 0x0112
@@ -180,9 +183,8 @@ def read_image(
 
 
 def _limits(max_bytes: int | None, max_pixels: int | None) -> tuple[int, int]:
-    settings = get_settings()
-    max_bytes = settings.max_image_bytes if max_bytes is None else max_bytes
-    max_pixels = settings.max_image_pixels if max_pixels is None else max_pixels
+    max_bytes = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if max_bytes <= 0 or max_pixels <= 0:
         raise ValueError(f"limits must be positive, got {max_bytes=} {max_pixels=}")
     return max_bytes, max_pixels

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.alignment import Template, template_named
+from service.vision.alignment import Template, template_named
 
 CONTRACT_KEY = "facemargin.contract"
 CONTRACT_FORMAT = "facemargin-model-1"
