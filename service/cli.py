@@ -1,29 +1,44 @@
-"""The `facemargin` command. Each package adds its own subcommands; heavy imports (torch,
-onnxruntime sessions) happen only inside the subcommand that needs them."""
+"""The `facemargin` command. Each package adds its own subcommands, and only the module of
+the subcommand asked for is imported: `facemargin serve` loads no training or export code
+(the ground floor does not reach up), and heavy imports (torch, onnxruntime sessions)
+happen only inside the subcommand that needs them."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
-from export.cli import add_commands as add_export_commands
-from export.cli import default_target
-from training.cli import add_commands as add_training_commands
+# Which module adds which subcommands (tests/test_cli.py checks this against the parser).
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "service.cli": ("serve", "hash-key"),
+    "training.cli": ("prepare", "train", "backbones", "evaluate", "compare-stage"),
+    "export.cli": ("export", "inspect"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand, or with only the one module that adds `command`."""
     parser = argparse.ArgumentParser(
         prog="facemargin",
         description="Train face-embedding models with margin losses, export them to ONNX "
         "with their contract, and serve verification and identification over HTTP.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module, names in COMMANDS.items():
+        if command is None or command not in _known() or command in names:
+            importlib.import_module(module).add_commands(commands)
+    return parser
+
+
+def _known() -> set[str]:
+    return {name for names in COMMANDS.values() for name in names}
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
     add_serve_command(commands)
     add_hash_key_command(commands)
-    add_training_commands(commands)
-    add_export_commands(commands)
-    return parser
 
 
 def add_serve_command(commands: argparse._SubParsersAction) -> None:
@@ -104,7 +119,13 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(default_target(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command == "export":
+        from export.cli import default_target
+
+        argv = default_target(argv)
+    args = build_parser(command).parse_args(argv)
     return int(args.run(args) or 0)
 
 

@@ -40,3 +40,31 @@ def test_cli_and_preprocessing_do_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_command_table_names_every_subcommand_once():
+    from service.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    registered = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    listed = [name for names in COMMANDS.values() for name in names]
+    assert sorted(listed) == sorted(registered)
+
+
+@pytest.mark.parametrize(
+    ("argv", "loaded", "not_loaded"),
+    [
+        (["serve", "--help"], "service.cli", ("training.cli", "export.cli")),
+        (["hash-key", "ops", "--key", "k"], "service.cli", ("training.cli", "export.cli")),
+        (["inspect", "--help"], "export.cli", ("training.cli",)),
+        (["backbones", "--help"], "training.cli", ("export.cli",)),
+    ],
+)
+def test_a_subcommand_loads_only_its_own_module(argv, loaded, not_loaded):
+    code = (
+        "import sys\nfrom service.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        f"assert {loaded!r} in sys.modules\n"
+        f"assert not [m for m in {not_loaded!r} if m in sys.modules], sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
