@@ -22,7 +22,6 @@ a dynamic batch dimension.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from typing import TypedDict
 
 import torch
@@ -30,14 +29,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-BACKBONE_NAMES = (
-    "iresnet18",
-    "iresnet34",
-    "iresnet50",
-    "iresnet100",
-    "mobilefacenet",
-    "sphereface20",
-)
+from training.registry import Registry
+
+BACKBONES: Registry[nn.Module] = Registry("backbone")
+
 INPUT_SIZE = (1, 3, 112, 112)
 # Four stride-2 stages take 112x112 down to the 7x7 maps every tail below is sized for.
 FINAL_MAP = 7
@@ -121,6 +116,19 @@ class IResNet(nn.Module):
 # --- MobileFaceNet (Chen et al. 2018) ----------------------------------------------------
 
 
+def _register_iresnet(name: str, layers: tuple[int, int, int, int]) -> None:
+    def build(embedding_dim: int, dropout: float) -> IResNet:
+        return IResNet(layers, embedding_dim, dropout)
+
+    BACKBONES.register(name)(build)
+
+
+_register_iresnet("iresnet18", (2, 2, 2, 2))
+_register_iresnet("iresnet34", (3, 4, 6, 3))
+_register_iresnet("iresnet50", (3, 4, 14, 3))
+_register_iresnet("iresnet100", (3, 13, 30, 3))
+
+
 def _conv_bn(
     inputs: int,
     outputs: int,
@@ -180,6 +188,7 @@ def _mobilefacenet_body() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+@BACKBONES.register("mobilefacenet")
 class MobileFaceNet(nn.Module):
     def __init__(self, embedding_dim: int, dropout: float) -> None:
         super().__init__()
@@ -232,6 +241,7 @@ def _sphere_stage(inputs: int, channels: int, units: int) -> nn.Sequential:
     return nn.Sequential(down, nn.PReLU(channels), *(SphereUnit(channels) for _ in range(units)))
 
 
+@BACKBONES.register("sphereface20")
 class SphereFace20(nn.Module):
     # (channels, residual units) per stage: the paper's Table 2, 20-layer column.
     STAGES = ((64, 1), (128, 2), (256, 4), (512, 1))
@@ -253,16 +263,7 @@ class SphereFace20(nn.Module):
         return self.fc(self.dropout(torch.flatten(self.body(x), 1)))
 
 
-# --- Registry ----------------------------------------------------------------------------
-
-_BUILDERS: dict[str, Callable[[int, float], nn.Module]] = {
-    "iresnet18": lambda dim, p: IResNet((2, 2, 2, 2), dim, p),
-    "iresnet34": lambda dim, p: IResNet((3, 4, 6, 3), dim, p),
-    "iresnet50": lambda dim, p: IResNet((3, 4, 14, 3), dim, p),
-    "iresnet100": lambda dim, p: IResNet((3, 13, 30, 3), dim, p),
-    "mobilefacenet": MobileFaceNet,
-    "sphereface20": SphereFace20,
-}
+BACKBONE_NAMES: tuple[str, ...] = BACKBONES.names
 
 
 def build_backbone(name: str, embedding_dim: int = 512, dropout: float = 0.0) -> nn.Module:
@@ -271,9 +272,7 @@ def build_backbone(name: str, embedding_dim: int = 512, dropout: float = 0.0) ->
     Input: RGB float, normalised to [-1, 1] as (x - 127.5) / 127.5 by the caller. Output:
     raw embeddings, not L2-normalised. `dropout` applies just before the embedding layer.
     """
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
-    return _BUILDERS[name](embedding_dim, dropout)
+    return BACKBONES.build(name, embedding_dim, dropout)
 
 
 # --- Complexity --------------------------------------------------------------------------

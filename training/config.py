@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-METRIC_LOSSES = ("triplet", "contrastive")
 Augmentation = Literal["standard", "strong"]
 
 
@@ -77,21 +76,27 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _objective_is_complete(self) -> TrainConfig:
-        if self.head is None and self.loss not in METRIC_LOSSES:
-            raise ValueError("without a head, the loss must be one of " + ", ".join(METRIC_LOSSES))
-        if self.loss == "center" and self.head is None:
-            raise ValueError("center loss is added to a softmax-family head; set head")
+        from training.losses import LOSSES  # here, not above: torch only once a run is configured
+
+        standalone = [n for n in LOSSES.names if LOSSES.trait(n, "pk_batches")]
+        if self.head is None and (self.loss is None or not LOSSES.trait(self.loss, "pk_batches")):
+            raise ValueError("without a head, the loss must be one of " + ", ".join(standalone))
+        if self.loss is not None and LOSSES.trait(self.loss, "per_class") and self.head is None:
+            raise ValueError(f"{self.loss} loss is added to a softmax-family head; set head")
         if self.l2sp and self.init_from is None:
             raise ValueError("l2sp pulls towards the --init-from weights; give init_from")
         if self.backbone == "onnx" and self.init_from is None:
             raise ValueError("backbone onnx trains the network of --init-from; give init_from")
-        if self.loss in METRIC_LOSSES and self.batch_size % self.images_per_identity:
+        if self.metric_batches and self.batch_size % self.images_per_identity:
             raise ValueError("batch_size must be a multiple of images_per_identity for P×K batches")
         return self
 
     @property
     def metric_batches(self) -> bool:
-        return self.loss in METRIC_LOSSES
+        """P×K batches, for a loss that needs positives in every batch."""
+        from training.losses import LOSSES
+
+        return self.loss is not None and bool(LOSSES.trait(self.loss, "pk_batches"))
 
 
 def load_config(path: Path | None, overrides: dict[str, Any]) -> TrainConfig:

@@ -87,13 +87,14 @@ several forwards per step, pin λ and set it yourself (``head.lambda_ = head.sch
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from training.registry import Registry
 
 NORM_EPS = 1e-12  # floor under vector norms: a zero vector normalises to zero, not NaN
 SIN2_EPS = 1e-12  # floor under sin²θ before the square root (ArcFace)
@@ -178,6 +179,9 @@ def annealed_lambda(
 # -- heads ----------------------------------------------------------------------------------
 
 
+HEADS: Registry[Head] = Registry("head")
+
+
 class Head(nn.Module):
     """Common part: the ``weight`` parameter, input checks, float32 without autocast."""
 
@@ -249,6 +253,7 @@ def _non_negative(name: str, value: Any) -> float:
     return value
 
 
+@HEADS.register("softmax")
 class SoftmaxHead(Head):
     """``W x + b``: the plain fully connected classifier."""
 
@@ -264,6 +269,7 @@ class SoftmaxHead(Head):
         return F.linear(x, w, self.bias.float())
 
 
+@HEADS.register("wnorm_softmax")
 class WNormSoftmaxHead(Head):
     """``‖x‖ cos θ_j = x · W_j/‖W_j‖`` (unit weights, no bias)."""
 
@@ -354,6 +360,7 @@ class AnnealedPsiHead(Head):
         )
 
 
+@HEADS.register("lsoftmax")
 class LSoftmaxHead(AnnealedPsiHead):
     """L-Softmax: target ``‖W_y‖‖x‖ ψ_λ(θ_y)``, others ``W_jᵀx``; nothing normalised."""
 
@@ -368,6 +375,7 @@ class LSoftmaxHead(AnnealedPsiHead):
         return _with_target(plain, labels, scale * self.margin_cosine(cos_y))
 
 
+@HEADS.register("sphereface")
 class SphereFaceHead(AnnealedPsiHead):
     """A-Softmax: unit weights; target ``‖x‖ ψ_λ(θ_y)``, others ``‖x‖ cos θ_j``."""
 
@@ -396,6 +404,7 @@ class NormalisedHead(Head):
         return _with_target(self.s * cos, labels, self.s * self.margin_cosine(cos_y))
 
 
+@HEADS.register("fnorm_sphereface")
 class FNormSphereFaceHead(NormalisedHead):
     """``s ψ(θ_y)`` with integer m (no λ annealing)."""
 
@@ -410,6 +419,7 @@ class FNormSphereFaceHead(NormalisedHead):
         return f"{super().extra_repr()}, s={self.s}, m={self.m}"
 
 
+@HEADS.register("cosface")
 class CosFaceHead(NormalisedHead):
     """AM-Softmax / CosFace / LMCL: ``s (cos θ_y − m)``."""
 
@@ -426,6 +436,7 @@ class CosFaceHead(NormalisedHead):
         return f"{super().extra_repr()}, s={self.s}, m={self.m}"
 
 
+@HEADS.register("arcface")
 class ArcFaceHead(NormalisedHead):
     """``s cos(θ_y + m)``, InsightFace's ``cos θ − m sin m`` past θ = π − m (see module doc)."""
 
@@ -451,6 +462,7 @@ class ArcFaceHead(NormalisedHead):
         return f"{super().extra_repr()}, s={self.s}, m={self.m}, easy_margin={self.easy_margin}"
 
 
+@HEADS.register("combined")
 class CombinedMarginHead(NormalisedHead):
     """``s (ψ_{m1,m2}(θ_y) − m3)``: SphereFace, ArcFace and CosFace margins at once."""
 
@@ -478,35 +490,14 @@ class CombinedMarginHead(NormalisedHead):
         return f"{super().extra_repr()}, s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
 
 
-HEADS: dict[str, type[Head]] = {
-    "softmax": SoftmaxHead,
-    "wnorm_softmax": WNormSoftmaxHead,
-    "lsoftmax": LSoftmaxHead,
-    "sphereface": SphereFaceHead,
-    "fnorm_sphereface": FNormSphereFaceHead,
-    "cosface": CosFaceHead,
-    "arcface": ArcFaceHead,
-    "combined": CombinedMarginHead,
-}
-HEAD_NAMES: tuple[str, ...] = tuple(HEADS)
+HEAD_NAMES: tuple[str, ...] = HEADS.names
 
 
 def head_hparams(name: str) -> tuple[str, ...]:
     """The hyper-parameter names a head accepts."""
-    parameters = inspect.signature(HEADS[name].__init__).parameters.values()
-    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    return HEADS.entry(name).hparams
 
 
 def build_head(name: str, in_features: int, out_features: int, **hparams: Any) -> Head:
     """The head called ``name`` (one of :data:`HEAD_NAMES`, case-insensitive, ``-`` or ``_``)."""
-    key = name.strip().lower().replace("-", "_")
-    if key not in HEADS:
-        raise ValueError(f"unknown head {name!r}; valid heads: {', '.join(HEAD_NAMES)}")
-    accepted = head_hparams(key)
-    unknown = sorted(set(hparams) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"head {key!r} does not take {', '.join(unknown)}; "
-            f"it takes: {', '.join(accepted) or 'no hyper-parameters'}"
-        )
-    return HEADS[key](int(in_features), int(out_features), **hparams)
+    return HEADS.build(name, int(in_features), int(out_features), **hparams)

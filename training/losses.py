@@ -46,7 +46,6 @@ disabled.
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -54,9 +53,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from training.registry import Registry
+
 NORM_EPS = 1e-12  # floor under norms: a zero embedding normalises to zero, not NaN
 SQRT_EPS = 1e-12  # floor under D² before the square root (finite gradient at D = 0)
 MINING = ("all", "hard", "semihard")
+
+# Traits a loss declares, read by the config and the trainer instead of its name:
+#   pk_batches: needs P identities x K images per batch (positives for every anchor), and
+#       can train without a head;
+#   per_class: keeps state per identity, built with num_classes and feat_dim, and adds to a
+#       softmax-family head.
+LOSSES: Registry[nn.Module] = Registry("loss", "losses")
 
 
 def squared_distances(x: Tensor) -> Tensor:
@@ -85,6 +93,7 @@ def _count(name: str, value: Any) -> int:
     return int(number)
 
 
+@LOSSES.register("triplet", pk_batches=True)
 class TripletLoss(nn.Module):
     """FaceNet's triplet loss with batch-all, batch-hard or semi-hard mining (module doc)."""
 
@@ -137,6 +146,7 @@ class TripletLoss(nn.Module):
         return f"margin={self.margin}, mining={self.mining!r}"
 
 
+@LOSSES.register("center", per_class=True)
 class CenterLoss(nn.Module):
     """Center loss with centres in a buffer, moved by Wen et al.'s rule (module doc)."""
 
@@ -180,6 +190,7 @@ class CenterLoss(nn.Module):
         return f"num_classes={classes}, feat_dim={dim}, alpha={self.alpha}, weight={self.weight}"
 
 
+@LOSSES.register("contrastive", pk_batches=True)
 class ContrastiveLoss(nn.Module):
     """Contrastive loss over all pairs of the batch (module doc)."""
 
@@ -201,29 +212,14 @@ class ContrastiveLoss(nn.Module):
         return f"margin={self.margin}"
 
 
-LOSSES: dict[str, type[nn.Module]] = {
-    "triplet": TripletLoss,
-    "center": CenterLoss,
-    "contrastive": ContrastiveLoss,
-}
-LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+LOSS_NAMES: tuple[str, ...] = LOSSES.names
 
 
 def loss_hparams(name: str) -> tuple[str, ...]:
     """The hyper-parameter names a loss accepts."""
-    parameters = inspect.signature(LOSSES[name].__init__).parameters.values()
-    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    return LOSSES.entry(name).hparams
 
 
 def build_loss(name: str, **hparams: Any) -> nn.Module:
     """The loss called ``name`` (one of :data:`LOSS_NAMES`, case-insensitive)."""
-    key = name.strip().lower()
-    if key not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSS_NAMES)}")
-    accepted = loss_hparams(key)
-    unknown = sorted(set(hparams) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"loss {key!r} does not take {', '.join(unknown)}; it takes: {', '.join(accepted)}"
-        )
-    return LOSSES[key](**hparams)
+    return LOSSES.build(name, **hparams)

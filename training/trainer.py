@@ -32,7 +32,7 @@ from training.data import (
 from training.embedder import embed_dataset
 from training.evaluation import kfold_accuracy
 from training.heads import build_head
-from training.losses import build_loss
+from training.losses import LOSSES, build_loss
 from training.onnx_network import ONNX_BACKBONE, ForeignBackbone
 from training.warm_start import check_foreign, class_means, load_exported, open_exported
 
@@ -58,7 +58,7 @@ class Objective(nn.Module):
             else None
         )
         extra: dict[str, Any] = dict(config.loss_params)
-        if config.loss == "center":
+        if config.loss and LOSSES.trait(config.loss, "per_class"):
             extra |= {"num_classes": num_classes, "feat_dim": config.embedding_dim}
         self.embedding_loss = build_loss(config.loss, **extra) if config.loss else None
 
