@@ -36,7 +36,7 @@ from gallery_rebuild import probes, synthetic_subjects
 from live_server import rss_mb
 from tqdm import tqdm
 
-from service.index import VectorIndex
+from service.gallery.index import VectorIndex
 
 RESULTS = Path(__file__).parent / "results"
 PER_SUBJECT = 5

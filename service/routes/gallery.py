@@ -10,6 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
 
 from service.gallery import NewTemplate
+from service.gallery.records import Subject
 from service.routes.common import (
     authorize,
     describe,
@@ -34,7 +35,6 @@ from service.schemas import (
     TemplateInfo,
 )
 from service.settings import ScoreRule
-from service.store import Subject
 from service.vision.errors import (
     ConflictingSubject,
     FaceMarginError,

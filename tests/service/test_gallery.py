@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import snapshot
 from service.gallery import (
     Gallery,
     MatchRule,
@@ -22,8 +21,9 @@ from service.gallery import (
     NewTemplate,
     SubjectNotFound,
     TemplateNotFound,
+    snapshot,
 )
-from service.store import Store
+from service.gallery.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 32
@@ -170,7 +170,7 @@ class GalleryBehaviour:
             for i, count in enumerate([1, 5, 2, 7, 3, 3, 1, 4]):
                 enrolled[f"s{i}"] = unit(rng, count)
                 gallery.enroll(f"s{i}", as_templates(enrolled[f"s{i}"]))
-        monkeypatch.setattr("service.gallery.LOAD_CHUNK", 3)
+        monkeypatch.setattr("service.gallery.state.LOAD_CHUNK", 3)
         queries = unit(rng, 6)
         names = sorted(enrolled)
         means = np.stack([enrolled[n].sum(axis=0) for n in names])
@@ -327,7 +327,7 @@ class GalleryBehaviour:
         assert gallery.stats().subjects == 0
         assert gallery.identify(np.ones((2, DIM), np.float32), 3) == [[], []]
 
-    # HNSW snapshots (service/snapshot.py)
+    # HNSW snapshots (service/gallery/snapshot.py)
 
     def test_a_reopened_hnsw_gallery_reads_its_snapshot_and_replays_later_changes(
         self, database_url, tmp_path

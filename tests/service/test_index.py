@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.index import IndexKind, VectorIndex
+from service.gallery.index import IndexKind, VectorIndex
 
 DIM = 32
 

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.store import (
+from service.gallery.store import (
     ChangeKind,
     ModelMismatch,
     NewTemplate,

@@ -20,13 +20,16 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from service.index import VectorIndex
-from service.store import Change
+from service.gallery.index import VectorIndex
+from service.gallery.records import Change
+from service.gallery.state import IndexState
+from service.gallery.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +152,94 @@ def read(folder: Path, templates: VectorIndex, means: VectorIndex) -> Snapshot:
     if not np.array_equal(np.sort(means.ids()), codes.astype(np.int64)):
         raise ValueError(f"{folder}: the subject means do not match the subjects")
     return Snapshot(manifest, templates, means, owner, subject_ids)
+
+
+# -- the gallery's use: one thread at a time (`Gallery.open`, then the sync thread, then
+# `Gallery.close` once syncing has stopped).
+
+
+def stage_state(
+    directory: Path, store: Store, state: IndexState, last_seq: int
+) -> tuple[Path, Manifest] | None:
+    """The state's files written but not yet durable or visible; the caller holds the
+    gallery's write mutex (searches go on meanwhile: the mutex alone keeps the index still).
+    None when writing failed: a full disk or a lost database must not take the gallery down
+    (or keep it from closing), and without a snapshot the next open rebuilds from the store."""
+    try:
+        change = store.changes_since(last_seq - 1, 1) if last_seq else []
+        manifest = Manifest(
+            format=FORMAT,
+            model_id=store.model_id,
+            embedding_dim=store.embedding_dim,
+            store_created_at=store.created_at,
+            seq=last_seq,
+            change=change_record(change[0] if change else None),
+            templates=len(state.templates),
+        )
+        saved = Snapshot(
+            manifest, state.templates, state.means, state.owner, state.saved_subject_ids()
+        )
+        return stage(directory, saved), manifest
+    except Exception:
+        log.exception("cannot write the index snapshot to %s", directory)
+        return None
+
+
+def publish_staged(staged: tuple[Path, Manifest] | None) -> int | None:
+    """Make what `stage_state` wrote durable and visible; needs no lock. The seq published,
+    or None when nothing was."""
+    if staged is None:
+        return None
+    partial, manifest = staged
+    try:
+        folder = publish(partial, manifest.seq)
+    except Exception:
+        log.exception("cannot write the index snapshot to %s", partial.parent)
+        return None
+    log.info("index snapshot written: %s (%d templates)", folder, manifest.templates)
+    return manifest.seq
+
+
+def load_state(
+    directory: Path, store: Store, new_index: Callable[[], VectorIndex]
+) -> tuple[IndexState, int] | None:
+    """The state of the newest snapshot in `directory` and its seq, if it matches `store`."""
+    folder = newest(directory)
+    if folder is None:
+        return None
+    try:
+        loaded = read(folder, new_index(), new_index())
+    except (ValueError, OSError, RuntimeError, TypeError, KeyError) as error:
+        log.warning("index snapshot %s unusable, rebuilding from the store: %s", folder, error)
+        return None
+    reason = mismatch(loaded.manifest, store)
+    if reason is not None:
+        log.warning("index snapshot %s not used, rebuilding from the store: %s", folder, reason)
+        return None
+    state = IndexState.restored(
+        loaded.templates, loaded.means, loaded.owner, loaded.subject_ids, new_index
+    )
+    log.info(
+        "gallery loaded from %s: %d templates of %d subjects up to change %d",
+        folder,
+        len(state.templates),
+        len(state.members),
+        loaded.manifest.seq,
+    )
+    return state, loaded.manifest.seq
+
+
+def mismatch(manifest: Manifest, store: Store) -> str | None:
+    """Why a snapshot does not belong to this store, or None when it does."""
+    if (manifest.model_id, manifest.embedding_dim) != (store.model_id, store.embedding_dim):
+        return f"made for model {manifest.model_id}, the store holds {store.model_id}"
+    if manifest.store_created_at != store.created_at:
+        return "made from another store (created at another time)"
+    if manifest.seq > store.max_seq():
+        return f"reflects change {manifest.seq}, the store ends at {store.max_seq()}"
+    if manifest.seq:
+        found = store.changes_since(manifest.seq - 1, 1)
+        here = change_record(found[0]) if found else None
+        if here != manifest.change:
+            return f"change {manifest.seq} differs in the store (another or a reset database)"
+    return None

@@ -1,7 +1,7 @@
 """The gallery's store of record: subjects, their templates and a change log, in SQL.
 
 SQLite (a file; the default) or PostgreSQL (`postgresql+psycopg://...`), through SQLAlchemy
-Core. The schema is Alembic's (`service/migrations`), upgraded to head when the store opens.
+Core. The schema is Alembic's (`service/gallery/migrations`), upgraded to head when the store opens.
 
 Every write runs in one transaction that also appends its rows to `changes`, one row per
 template touched, so replicas can replay the log. Writers are serialised (SQLite: BEGIN
@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,21 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from service.vision.errors import FaceMarginError
+from service.gallery.errors import ModelMismatch, SubjectNotFound, TemplateNotFound
+from service.gallery.records import (
+    Change,
+    ChangeKind,
+    Counts,
+    EmbeddingChunk,
+    NewTemplate,
+    Snapshot,
+    Subject,
+    SubjectDetail,
+    SubjectPage,
+    TemplateRecord,
+    WriteResult,
+)
+from service.gallery.schema import RECORD_COLUMNS, changes, gallery_meta, subjects, templates
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # How long an SQLite writer waits for another one before giving up with "database is locked".
@@ -40,186 +52,6 @@ SQLITE_PAGE_SIZE = 8192
 PG_WRITE_LOCK = 0x66_6D_67_61_6C  # "fmgal"
 # Bound on bound parameters per IN (...) query; SQLite allows 32766.
 IN_CHUNK = 1000
-
-_SUBJECT_ID = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
-_ROW_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-# Mirrors migrations/versions: the revisions create the tables, these describe them to queries.
-_meta = sa.MetaData()
-gallery_meta = sa.Table(
-    "gallery_meta",
-    _meta,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("model_id", sa.Text, nullable=False),
-    sa.Column("embedding_dim", sa.Integer, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
-subjects = sa.Table(
-    "subjects",
-    _meta,
-    sa.Column("subject_id", _SUBJECT_ID, primary_key=True),
-    sa.Column("display_name", sa.Text),
-    sa.Column("metadata", sa.Text, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
-templates = sa.Table(
-    "templates",
-    _meta,
-    sa.Column("id", _ROW_ID, sa.Identity(), primary_key=True),
-    sa.Column("subject_id", _SUBJECT_ID, sa.ForeignKey("subjects.subject_id"), nullable=False),
-    sa.Column("embedding", sa.LargeBinary, nullable=False),
-    sa.Column("model_id", sa.Text, nullable=False),
-    sa.Column("quality", sa.Float),
-    sa.Column("image_sha256", sa.String(64)),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sqlite_autoincrement=True,
-)
-_RECORD_COLUMNS = [
-    templates.c[name]
-    for name in ("id", "subject_id", "model_id", "quality", "image_sha256", "created_at")
-]
-changes = sa.Table(
-    "changes",
-    _meta,
-    sa.Column("seq", _ROW_ID, sa.Identity(), primary_key=True),
-    sa.Column("kind", sa.String(20), nullable=False),
-    sa.Column("subject_id", _SUBJECT_ID, nullable=False),
-    sa.Column("template_id", sa.BigInteger),
-    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
-    sqlite_autoincrement=True,
-)
-
-
-class GalleryError(FaceMarginError):
-    """Base of the gallery's expected failures."""
-
-    code = "gallery_error"
-
-
-class SubjectNotFound(GalleryError):
-    code = "subject_not_found"
-    http_status = 404
-
-    def __init__(self, subject_id: str) -> None:
-        super().__init__(f"no subject {subject_id!r} in the gallery")
-        self.subject_id = subject_id
-
-
-class TemplateNotFound(GalleryError):
-    code = "template_not_found"
-    http_status = 404
-
-    def __init__(self, subject_id: str, template_id: int) -> None:
-        super().__init__(f"subject {subject_id!r} has no template {template_id}")
-        self.subject_id = subject_id
-        self.template_id = template_id
-
-
-class ModelMismatch(GalleryError):
-    """The gallery holds embeddings of another model: they are not comparable with this one's."""
-
-    code = "model_mismatch"
-    http_status = 409
-
-    def __init__(
-        self,
-        bound_model_id: str,
-        model_id: str,
-        bound_dim: int | None = None,
-        dim: int | None = None,
-    ) -> None:
-        detail = f" ({bound_dim}-d against {dim}-d)" if bound_dim != dim else ""
-        super().__init__(
-            f"the gallery is bound to model {bound_model_id!r}, not {model_id!r}{detail}; "
-            "open another database, or re-enroll everyone with the new model"
-        )
-        self.bound_model_id = bound_model_id
-        self.model_id = model_id
-
-
-class ChangeKind(StrEnum):
-    enroll = "enroll"
-    delete_subject = "delete_subject"
-    delete_template = "delete_template"
-
-
-@dataclass(frozen=True, eq=False)
-class NewTemplate:
-    embedding: np.ndarray  # (d,) float32
-    quality: float | None = None
-    image_sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class TemplateRecord:
-    id: int
-    subject_id: str
-    model_id: str
-    quality: float | None
-    image_sha256: str | None
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class Subject:
-    subject_id: str
-    display_name: str | None
-    metadata: dict[str, Any]
-    created_at: datetime
-    template_count: int
-
-
-@dataclass(frozen=True)
-class SubjectDetail:
-    subject: Subject
-    templates: tuple[TemplateRecord, ...]
-
-
-@dataclass(frozen=True)
-class SubjectPage:
-    subjects: tuple[Subject, ...]
-    total: int  # subjects in the whole gallery, not on this page
-    limit: int
-    offset: int
-
-
-@dataclass(frozen=True)
-class Change:
-    seq: int
-    kind: ChangeKind
-    subject_id: str
-    template_id: int | None
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """What one committed write did, for the replica that made it."""
-
-    template_ids: tuple[int, ...]  # added (enroll) or removed (deletes)
-    seq: int  # the last change seq this write appended
-    previous_seq: int  # the highest seq in the log just before this write
-
-
-@dataclass(frozen=True)
-class Counts:
-    subjects: int
-    templates: int
-    seq: int  # highest change seq, 0 for an empty log
-
-
-@dataclass(frozen=True, eq=False)
-class EmbeddingChunk:
-    ids: np.ndarray  # (n,) int64 template ids
-    subject_ids: list[str]
-    vectors: np.ndarray  # (n, d) float32
-
-
-@dataclass(frozen=True, eq=False)
-class Snapshot:
-    """The templates as of change `seq`, streamed in chunks ordered by subject, then id."""
-
-    seq: int
-    chunks: Iterator[EmbeddingChunk] = field(repr=False)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -361,7 +193,7 @@ class Store:
                     row.model_id, self.model_id, row.embedding_dim, self.embedding_dim
                 )
         # When this gallery was created, as the database gives it back: what tells this store
-        # from one recreated under the same URL (service/snapshot.py relies on it).
+        # from one recreated under the same URL (service/gallery/snapshot.py relies on it).
         self.created_at = row.created_at.isoformat()
 
     def _log(
@@ -498,7 +330,7 @@ class Store:
             if row is None:
                 raise SubjectNotFound(subject_id)
             records = connection.execute(
-                sa.select(*_RECORD_COLUMNS)
+                sa.select(*RECORD_COLUMNS)
                 .where(templates.c.subject_id == subject_id)
                 .order_by(templates.c.id)
             ).all()

@@ -34,7 +34,7 @@ from typing import Protocol
 import faiss
 import numpy as np
 
-from service.rwlock import ReadWriteLock
+from service.gallery.rwlock import ReadWriteLock
 
 log = logging.getLogger(__name__)
 

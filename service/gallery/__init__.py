@@ -1,0 +1,38 @@
+"""The gallery: enrolled subjects in the store of record, searchable through a FAISS index.
+
+`Gallery` (gallery.py) is the one front the service uses. Behind it, one module per part:
+
+* store.py: the store of record (SQL via SQLAlchemy Core, Alembic migrations in
+  migrations/): subjects, templates and the change log;
+* index.py: a FAISS index over unit vectors keyed by our int64 ids (exact or HNSW, CPU or GPU);
+* state.py: the in-memory cache of the store: the template index, each subject's mean
+  template and the template -> subject map;
+* ranking.py: subjects ranked for a query, by best template or by mean template;
+* replication.py: other replicas' writes replayed from the change log, on a timer;
+* snapshot.py: an HNSW index saved to disk so a restart reads it back instead of rebuilding;
+* rwlock.py: the readers-writer lock between searches and index changes.
+"""
+
+from service.gallery.gallery import (
+    Candidate,
+    Gallery,
+    GalleryError,
+    GalleryStats,
+    MatchRule,
+    ModelMismatch,
+    NewTemplate,
+    SubjectNotFound,
+    TemplateNotFound,
+)
+
+__all__ = [
+    "Candidate",
+    "Gallery",
+    "GalleryError",
+    "GalleryStats",
+    "MatchRule",
+    "ModelMismatch",
+    "NewTemplate",
+    "SubjectNotFound",
+    "TemplateNotFound",
+]

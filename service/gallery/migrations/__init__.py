@@ -1,0 +1,1 @@
+"""Alembic migration environment of the gallery store; `service.gallery.store` runs it on open."""

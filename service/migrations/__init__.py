@@ -1,1 +1,0 @@
-"""Alembic migration environment of the gallery store; `service.store` runs it on open."""
