@@ -32,12 +32,12 @@ COPY training training
 COPY export export
 COPY models models
 # The package and its shipped models (pyproject data-files: /opt/venv/share/facemargin/models,
-# where service/settings.py looks once installed). `pip check` fails the build when the lock
+# where service/vision/preprocess.py looks once installed). `pip check` fails the build when the lock
 # no longer satisfies pyproject.toml; the last step proves, from outside the source tree, that
 # the installed defaults (FACEMARGIN_MODEL_PATH, FACEMARGIN_DETECTOR_PATH) find the models.
 RUN /opt/venv/bin/pip install --no-deps . \
     && /opt/venv/bin/pip check \
-    && cd / && /opt/venv/bin/python -c "from service.settings import Settings; s = Settings(); \
+    && cd / && /opt/venv/bin/python -c "from service.api.settings import Settings; s = Settings(); \
 assert s.model_path.is_file(), s.model_path; \
 assert (s.detector_path / 'yunet.onnx').is_file(), s.detector_path; \
 assert (s.detector_path / 'mtcnn_pnet.onnx').is_file(), s.detector_path; \
@@ -66,7 +66,7 @@ RUN /opt/venv/bin/pip install --no-deps . \
        | grep -v '^No broken requirements found\.$' | { ! grep .; } \
     && cd / && /opt/venv/bin/python -c "import onnxruntime as ort; \
 assert 'CUDAExecutionProvider' in ort.get_available_providers(), ort.get_available_providers(); \
-from service.settings import Settings; s = Settings(); \
+from service.api.settings import Settings; s = Settings(); \
 assert s.model_path.is_file(), s.model_path; print('onnxruntime', ort.__version__, 'with CUDA')"
 
 # ---------------------------------------------------------------- GPU: runtime image

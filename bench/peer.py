@@ -39,10 +39,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from service.settings import Settings
+from service.api.settings import Settings
+from service.vision.detection import FacePolicy
 from service.vision.embedder import Embedder
 from service.vision.errors import FaceMarginError
-from service.vision.faces import Policy, read_faces, stack
+from service.vision.faces import read_faces, stack
 from service.vision.preprocess import build_detector
 from training.evaluation import missed_as_rejected, tar_at_far, verification_report
 from training.protocols import PairsProtocol, read_cfp
@@ -76,7 +77,7 @@ def facemargin_side(model: Path) -> tuple[str, int, callable]:
                 path.read_bytes(),
                 detector,
                 embedder.template,
-                Policy.largest,
+                FacePolicy.largest,
                 settings.max_image_bytes,
                 settings.max_image_pixels,
                 settings.min_face_px,

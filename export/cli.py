@@ -302,7 +302,7 @@ def _validation(args: argparse.Namespace, template_name: str = "arcface-112-5pt"
     """The ValidationData the flags describe, aligning raw CFP onto the model's template
     first when needed; None with --no-calibration."""
     from export.calibration import ValidationData, prepared_cfp
-    from service.settings import get_settings
+    from service.api.settings import get_settings
     from service.vision.alignment import template_named
 
     if getattr(args, "no_calibration", False):

@@ -78,7 +78,7 @@ def add_hash_key_command(commands: argparse._SubParsersAction) -> None:
 def _run_hash_key(args: argparse.Namespace) -> int:
     import secrets
 
-    from service.security import hash_key
+    from service.api.security import hash_key
 
     key = args.key or secrets.token_urlsafe(32)
     if not args.key:
@@ -106,7 +106,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     uvicorn.run(
-        "service.app:create_app",
+        "service.api.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,

@@ -69,14 +69,16 @@ class FacePolicy(StrEnum):
 
     largest = "largest"
     central = "central"
+    single = "single"  # exactly one face: a request refuses a photo with several (422)
     all = "all"
 
 
 def select_faces(faces: list[Face], policy: FacePolicy, image_shape: tuple[int, ...]) -> list[Face]:
-    """Apply a selection policy; `all` keeps every face, largest first."""
+    """Apply a selection policy; `all` and `single` keep every face, largest first (`single`
+    leaves the refusal of several to its caller)."""
     if not faces:
         return []
-    if policy is FacePolicy.all:
+    if policy in (FacePolicy.all, FacePolicy.single):
         return sorted(faces, key=lambda f: f.area, reverse=True)
     if policy is FacePolicy.largest:
         return [max(faces, key=lambda f: f.area)]

@@ -1,7 +1,7 @@
 """From uploaded bytes to aligned faces, with the refusals a face API owes its callers.
 
 Runs in worker threads (decoding and detection are CPU work that must stay off the event
-loop); embedding happens later, batched across requests, in `service.batching`.
+loop); embedding happens later, batched across requests, in `service.api.batching`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
 import numpy as np
 
@@ -20,15 +19,6 @@ from service.vision.imaging import DecodedImage, decode_image
 from service.vision.preprocess import AlignedFace, detect_and_align
 
 
-class Policy(StrEnum):
-    """Which face(s) of a photo a request uses."""
-
-    largest = "largest"
-    central = "central"
-    single = "single"  # exactly one face, else 422 multiple_faces
-    all = "all"
-
-
 @dataclass(frozen=True)
 class PhotoFaces:
     image: DecodedImage
@@ -37,12 +27,6 @@ class PhotoFaces:
     sha256: str
     decode_s: float
     detect_s: float  # detection and alignment
-
-
-def _detection_policy(policy: Policy) -> FacePolicy:
-    if policy is Policy.central:
-        return FacePolicy.central
-    return FacePolicy.all if policy in (Policy.all, Policy.single) else FacePolicy.largest
 
 
 def on_photo(face: Face, scale: float) -> Face:
@@ -64,7 +48,7 @@ def read_faces(
     data: bytes,
     detector: Detector,
     template: Template,
-    policy: Policy,
+    policy: FacePolicy,
     max_bytes: int,
     max_pixels: int,
     min_face_px: int,
@@ -75,20 +59,18 @@ def read_faces(
     start = time.perf_counter()
     image = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
     decoded = time.perf_counter()
-    aligned, detected = detect_and_align(
-        image.pixels, detector, _detection_policy(policy), template
-    )
+    aligned, detected = detect_and_align(image.pixels, detector, policy, template)
     timings = (decoded - start, time.perf_counter() - decoded)
     aligned = [replace(a, face=on_photo(a.face, image.scale)) for a in aligned]
     if not aligned:
         raise NoFace(f"{what}: no face found", {"field": what})
-    if policy is Policy.single and len(aligned) > 1:
+    if policy is FacePolicy.single and len(aligned) > 1:
         raise MultipleFaces(
             f"{what}: {len(aligned)} faces found, exactly one expected "
             "(or choose face_policy=largest)",
             {"field": what, "faces": len(aligned)},
         )
-    if policy is Policy.single:
+    if policy is FacePolicy.single:
         aligned = aligned[:1]
     large = [a for a in aligned if short_side(a.face) >= min_face_px]
     if not large:

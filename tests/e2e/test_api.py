@@ -219,7 +219,7 @@ def test_operations_endpoints(server):
 
 
 def test_api_keys_and_rate_limits(tmp_path):
-    from service.security import hash_key
+    from service.api.security import hash_key
 
     env = gallery_env(tmp_path) | {
         "FACEMARGIN_API_KEYS": f"alice:{hash_key('s3cret-key')}",

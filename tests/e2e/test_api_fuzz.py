@@ -29,7 +29,7 @@ def live(tmp_path_factory) -> Iterator[Server]:
 
 def published_schema() -> dict:
     """The document the server publishes at /openapi.json (built without starting one)."""
-    from service.app import create_app
+    from service.api.app import create_app
 
     return create_app().openapi()
 

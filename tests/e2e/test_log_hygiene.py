@@ -21,7 +21,7 @@ DB_PASSWORD = "pa55word-that-must-never-be-logged"
 
 
 def test_keys_embeddings_and_images_stay_out_of_the_logs(tmp_path):
-    from service.security import hash_key
+    from service.api.security import hash_key
 
     log = tmp_path / "server.log"
     env = gallery_env(tmp_path / "data") | {"FACEMARGIN_API_KEYS": f"ops:{hash_key(GOOD_KEY)}"}

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import MicroBatcher
+from service.api.batching import MicroBatcher
 from service.vision.embedder import Embedder
 from service.vision.preprocess import detect_and_align
 from tests.conftest import MODELS, load_rgb, sample_photos

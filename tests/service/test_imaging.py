@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, ImageOps, WebPImagePlugin
 
-from service.settings import Settings
+from service.api.settings import Settings
 from service.vision import imaging
 from service.vision.errors import FaceMarginError, ImageTooLarge, InvalidImage, UnsupportedImageType
 from service.vision.imaging import ACCEPTED_FORMATS, DecodedImage, decode_image, read_image

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from service.vision.alignment import ARCFACE_112, align_face
+from service.vision.detection import FacePolicy
 from service.vision.errors import FaceMarginError
-from service.vision.faces import Policy, read_faces
+from service.vision.faces import read_faces
 from tests.conftest import load_rgb, sample_photos
 
 FACE = load_rgb(sample_photos()[0])
@@ -53,7 +54,7 @@ def encoded(pixels: np.ndarray, fmt: str) -> bytes:
 @FUZZ
 @given(picture=pictures(), fmt=st.sampled_from(["JPEG", "PNG", "WEBP", "BMP"]), data=st.data())
 def test_any_picture_gives_aligned_faces_or_a_typed_error(mtcnn, picture, fmt, data):
-    policy = data.draw(st.sampled_from(list(Policy)))
+    policy = data.draw(st.sampled_from(list(FacePolicy)))
     try:
         photo = read_faces(
             encoded(picture, fmt),
@@ -77,7 +78,7 @@ def test_any_picture_gives_aligned_faces_or_a_typed_error(mtcnn, picture, fmt, d
         x1, y1, x2, y2 = face.face.box
         # A box may reach past the edge (a face cut by the frame) but never lie outside it.
         assert x1 < width and y1 < height and x2 > 0 and y2 > 0
-    if policy is not Policy.all:
+    if policy is not FacePolicy.all:
         assert len(photo.faces) == 1
 
 

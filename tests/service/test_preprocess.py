@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.settings import Settings
+from service.api.settings import Settings
 from service.vision.detection import FacePolicy
 from service.vision.mtcnn import MtcnnDetector
 from service.vision.preprocess import (

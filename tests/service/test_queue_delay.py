@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.runtime import QueueDelay
+from service.api.pipeline import QueueDelay
 
 
 def test_the_mean_follows_recent_waits():

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from service.security import KeyChecker, RateLimiter, hash_key, parse_keys
+from service.api.security import KeyChecker, RateLimiter, hash_key, parse_keys
 from service.vision.errors import RateLimited, Unauthorized
 
 

@@ -16,11 +16,11 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.routes import faces, gallery, operations
-from service.routes.operations import package_version
-from service.runtime import start_runtime, stop_runtime
-from service.schemas import ErrorResponse
-from service.settings import Settings, get_settings
+from service.api.routes import faces, gallery, operations
+from service.api.routes.operations import package_version
+from service.api.runtime import start_runtime, stop_runtime
+from service.api.schemas import ErrorResponse
+from service.api.settings import Settings, get_settings
 from service.vision.errors import FaceMarginError, ImageTooLarge, RateLimited
 
 log = logging.getLogger("facemargin")
@@ -274,6 +274,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-# For other ASGI servers (`gunicorn -k uvicorn.workers.UvicornWorker service.app:app`):
+# For other ASGI servers (`gunicorn -k uvicorn.workers.UvicornWorker service.api.app:app`):
 # building the app is cheap; models load in its lifespan.
 app = create_app()

@@ -7,26 +7,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
-from service.routes.common import (
+from service.api.deps import RuntimeDep
+from service.api.routes.common import (
     authorize,
     cosine,
     describe,
-    faces_of,
     multipart_body,
     operating_point,
-    read_upload,
     used_face,
 )
-from service.runtime import Runtime, get_runtime
-from service.schemas import (
+from service.api.schemas import (
     DetectResponse,
     EmbeddedFace,
     EmbedResponse,
     ImageInfo,
     VerifyResponse,
 )
-from service.vision.faces import Policy, on_photo, stack
-from service.vision.imaging import decode_image
+from service.vision.detection import FacePolicy
+from service.vision.faces import on_photo
 
 router = APIRouter(tags=["faces"], dependencies=[Depends(authorize)])
 Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP photo.")]
@@ -44,23 +42,24 @@ FarForm = Annotated[
 async def verify(
     image1: Photo,
     image2: Photo,
-    runtime: Annotated[Runtime, Depends(get_runtime)],
+    runtime: RuntimeDep,
     face_policy: Annotated[
-        Policy, Form(description="Which face when a photo has several; 'all' is not allowed.")
-    ] = Policy.largest,
+        FacePolicy, Form(description="Which face when a photo has several; 'all' is not allowed.")
+    ] = FacePolicy.largest,
     threshold: ThresholdForm = None,
     far: FarForm = None,
 ) -> VerifyResponse:
     """Are the faces in two photos the same person? Cosine similarity against a threshold
     calibrated at a named false-accept rate (default FACEMARGIN_DEFAULT_FAR), or yours."""
     point = operating_point(runtime, threshold, far)
-    policy = Policy.largest if face_policy is Policy.all else face_policy
+    policy = FacePolicy.largest if face_policy is FacePolicy.all else face_policy
     async with runtime.admitted():
+        pipeline = runtime.pipeline
         first, second = await asyncio.gather(
-            faces_of(image1, runtime, policy, "image1"), faces_of(image2, runtime, policy, "image2")
+            pipeline.faces(image1, policy, "image1"), pipeline.faces(image2, policy, "image2")
         )
         a, b = first.faces[0], second.faces[0]
-        embedded = await runtime.batcher.embed(stack([a, b], runtime.template))
+        embedded = await pipeline.embed([a, b])
     similarity = cosine(embedded.vectors[0], embedded.vectors[1])
     return VerifyResponse(
         similarity=round(similarity, 6),
@@ -77,14 +76,14 @@ async def verify(
 @router.post("/embed", response_model=EmbedResponse, dependencies=[Depends(multipart_body)])
 async def embed(
     image: Photo,
-    runtime: Annotated[Runtime, Depends(get_runtime)],
-    face_policy: Annotated[Policy, Form()] = Policy.all,
+    runtime: RuntimeDep,
+    face_policy: Annotated[FacePolicy, Form()] = FacePolicy.all,
 ) -> EmbedResponse:
     """Embeddings of the faces in a photo, for clients that search on their own. Compare
     them only with embeddings from the same model_id."""
     async with runtime.admitted():
-        photo = await faces_of(image, runtime, face_policy, "image")
-        embedded = await runtime.batcher.embed(stack(photo.faces, runtime.template))
+        photo = await runtime.pipeline.faces(image, face_policy, "image")
+        embedded = await runtime.pipeline.embed(photo.faces)
     return EmbedResponse(
         faces=[
             EmbeddedFace(
@@ -102,27 +101,15 @@ async def embed(
 
 
 @router.post("/detect", response_model=DetectResponse, dependencies=[Depends(multipart_body)])
-async def detect(image: Photo, runtime: Annotated[Runtime, Depends(get_runtime)]) -> DetectResponse:
+async def detect(image: Photo, runtime: RuntimeDep) -> DetectResponse:
     """Every face in the photo with its box, five landmarks and detector score."""
-    settings = runtime.settings
     async with runtime.admitted():
-        data = await read_upload(image, runtime)
-
-        def work() -> DetectResponse:
-            decoded = decode_image(
-                data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-            )
-            faces = runtime.detector.detect(decoded.pixels)
-            # A large JPEG is decoded at reduced scale; report the photo as sent.
-            width, height = decoded.size
-            return DetectResponse(
-                image=ImageInfo(
-                    width=width,
-                    height=height,
-                    format=decoded.format,
-                    exif_orientation=decoded.orientation,
-                ),
-                faces=[describe(on_photo(face, decoded.scale)) for face in faces],
-            )
-
-        return await runtime.run("detect", work)
+        decoded, faces = await runtime.pipeline.detect(image)
+    # A large JPEG is decoded at reduced scale; report the photo as sent.
+    width, height = decoded.size
+    return DetectResponse(
+        image=ImageInfo(
+            width=width, height=height, format=decoded.format, exif_orientation=decoded.orientation
+        ),
+        faces=[describe(on_photo(face, decoded.scale)) for face in faces],
+    )

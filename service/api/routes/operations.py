@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.routes.common import authorize
-from service.runtime import Runtime, get_runtime
-from service.schemas import GalleryStats, Health, Info, Ready, ReadyCheck
+from service.api.deps import RuntimeDep
+from service.api.routes.common import authorize
+from service.api.runtime import Runtime
+from service.api.schemas import GalleryStats, Health, Info, Ready, ReadyCheck
 
 router = APIRouter(tags=["operations"])
 
@@ -42,7 +42,7 @@ async def ready(request: Request) -> JSONResponse:
         else:
             gallery = runtime.gallery
             try:
-                in_sync = await runtime.run("store", gallery.in_sync)
+                in_sync = await runtime.pipeline.run("store", gallery.in_sync)
                 checks["store"] = ReadyCheck(ok=True)
                 checks["index"] = ReadyCheck(ok=in_sync, detail="" if in_sync else "catching up")
             except Exception as error:  # the store's driver raises its own types
@@ -52,14 +52,14 @@ async def ready(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Response:
+def metrics(runtime: RuntimeDep) -> Response:
     """Prometheus text format."""
     runtime.refresh_gallery_metrics()
     return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/info", response_model=Info, dependencies=[Depends(authorize)])
-def info(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Info:
+def info(runtime: RuntimeDep) -> Info:
     """The model's contract, execution providers and gallery statistics."""
     settings = runtime.settings
     stats = None
@@ -79,7 +79,7 @@ def info(runtime: Annotated[Runtime, Depends(get_runtime)]) -> Info:
     return Info(
         version=package_version(),
         model=runtime.contract.model_dump(mode="json"),
-        providers=runtime.embedder.providers,
+        providers=runtime.pipeline.embedder.providers,
         detector=settings.detector.value,
         gallery=stats,
         gallery_error=runtime.gallery_error.message if runtime.gallery_error else None,

@@ -9,24 +9,16 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.gallery.index import IndexKind
+from service.gallery.ranking import MatchRule
 from service.vision.imaging import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from service.vision.preprocess import MODELS_DIR, DetectorConfig, DetectorKind
-
-
-class IndexKind(StrEnum):
-    exact = "exact"
-    hnsw = "hnsw"
 
 
 class Provider(StrEnum):
     cpu = "cpu"
     cuda = "cuda"  # required: the service refuses to start without a usable GPU
     auto = "auto"  # CUDA when onnxruntime-gpu sees a GPU, CPU otherwise; /info says which
-
-
-class ScoreRule(StrEnum):
-    best = "best"
-    mean = "mean"
 
 
 class Settings(BaseSettings):
@@ -129,8 +121,8 @@ class Settings(BaseSettings):
     default_far: float = Field(
         default=1e-3, gt=0, lt=1, description="Operating point used when a request names none."
     )
-    score_rule: ScoreRule = Field(
-        default=ScoreRule.best,
+    score_rule: MatchRule = Field(
+        default=MatchRule.best,
         description="A subject's score over its templates: best template, or mean template.",
     )
     min_enroll_quality: float | None = Field(

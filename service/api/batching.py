@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,8 +32,14 @@ class MicroBatcher:
         max_size: int,
         max_wait_s: float,
         observe: Callable[[int, float], None] = lambda size, seconds: None,
+        run_model: Callable[[Callable[[np.ndarray], Embeddings], np.ndarray], Awaitable[Embeddings]]
+        | None = None,
     ) -> None:
+        """`run_model` runs the embedder off the event loop (the service passes its worker
+        pool, so the wait for a thread is seen by admission control); default a thread of
+        asyncio's own executor."""
         self.embedder = embedder
+        self.run_model = run_model or asyncio.to_thread
         self.max_size = max_size
         self.max_wait_s = max_wait_s
         self.observe = observe  # (batch size, seconds) for metrics
@@ -86,7 +92,7 @@ class MicroBatcher:
             faces = np.concatenate([job.faces for job in live])
             start = time.perf_counter()
             try:
-                result = await asyncio.to_thread(self.embedder.embed, faces)
+                result = await self.run_model(self.embedder.embed, faces)
             except Exception as error:  # hand the failure to every waiting request
                 for job in live:
                     if not job.done.done():

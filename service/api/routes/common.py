@@ -5,19 +5,20 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, Header, Request, UploadFile
+from fastapi import Header, Request
 
-from service.runtime import Runtime, get_runtime
-from service.schemas import Box, DetectedFace, OperatingPoint, UsedFace
-from service.security import API_KEY_HEADER
+from service.api.deps import RuntimeDep
+from service.api.runtime import Runtime
+from service.api.schemas import Box, DetectedFace, OperatingPoint, UsedFace
+from service.api.security import API_KEY_HEADER
 from service.vision.detection import Face
-from service.vision.errors import ImageTooLarge, ThresholdUnavailable, UnsupportedBody
-from service.vision.faces import PhotoFaces, Policy, read_faces
+from service.vision.errors import ThresholdUnavailable, UnsupportedBody
+from service.vision.faces import PhotoFaces
 from service.vision.preprocess import AlignedFace
 
 
 async def authorize(
-    runtime: Annotated[Runtime, Depends(get_runtime)],
+    runtime: RuntimeDep,
     api_key: Annotated[
         str | None, Header(alias=API_KEY_HEADER, description="Needed when keys are configured.")
     ] = None,
@@ -38,35 +39,6 @@ async def multipart_body(request: Request) -> None:
             f"send photos as multipart/form-data, not {kind or 'a body without a content type'}",
             {"content_type": kind or None, "expected": "multipart/form-data"},
         )
-
-
-async def read_upload(upload: UploadFile, runtime: Runtime) -> bytes:
-    """The whole upload, refusing (413) as soon as it passes the image cap."""
-    cap = runtime.settings.max_image_bytes
-    data = await upload.read(cap + 1)
-    if len(data) > cap:
-        raise ImageTooLarge(f"{upload.filename or 'image'} is over {cap} bytes", {"max_bytes": cap})
-    return data
-
-
-async def faces_of(upload: UploadFile, runtime: Runtime, policy: Policy, what: str) -> PhotoFaces:
-    data = await read_upload(upload, runtime)
-    settings = runtime.settings
-    photo = await runtime.run(
-        None,  # read_faces times decode and detect itself
-        read_faces,
-        data,
-        runtime.detector,
-        runtime.template,
-        policy,
-        settings.max_image_bytes,
-        settings.max_image_pixels,
-        settings.min_face_px,
-        what,
-    )
-    runtime.metrics.stage.labels("decode").observe(photo.decode_s)
-    runtime.metrics.stage.labels("detect").observe(photo.detect_s)
-    return photo
 
 
 def operating_point(runtime: Runtime, threshold: float | None, far: float | None) -> OperatingPoint:

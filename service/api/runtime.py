@@ -5,26 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from fastapi import Request
 
-from service.batching import MicroBatcher
+from service.api.metrics import Metrics
+from service.api.pipeline import FacePipeline
+from service.api.security import KeyChecker, RateLimiter, parse_keys
+from service.api.settings import Settings
 from service.gallery import Gallery, GalleryError
-from service.metrics import Metrics
-from service.security import KeyChecker, RateLimiter, parse_keys
-from service.settings import Settings
-from service.vision.alignment import Template
 from service.vision.contract import ModelContract
-from service.vision.detection import Detector
 from service.vision.embedder import Embedder, choose_providers
 from service.vision.errors import FaceMarginError, NotReady, Overloaded
 from service.vision.preprocess import build_detector
@@ -33,81 +29,32 @@ log = logging.getLogger("facemargin")
 T = TypeVar("T")
 
 
-class QueueDelay:
-    """How long work has recently waited for a worker thread: an exponentially weighted mean
-    of the waits, forgotten when no work has started for `memory_s`.
-
-    This is what admission control watches (as CoDel watches a packet queue's sojourn time):
-    a count of requests in flight cannot tell a cheap request from an expensive one or a
-    quiet machine from a busy one, but the time work waits says directly how late new
-    arrivals would be served."""
-
-    def __init__(self, weight: float = 0.2, memory_s: float = 1.0) -> None:
-        self.weight = weight
-        self.memory_s = memory_s
-        self._mean = 0.0
-        self._last = -math.inf
-
-    def observe(self, wait_s: float, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        stale = now - self._last > self.memory_s
-        self._mean = wait_s if stale else self._mean + self.weight * (wait_s - self._mean)
-        self._last = now
-
-    def current(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        return self._mean if now - self._last <= self.memory_s else 0.0
-
-
 @dataclass
 class Runtime:
     settings: Settings
-    detector: Detector
-    embedder: Embedder
-    batcher: MicroBatcher
+    pipeline: FacePipeline
     metrics: Metrics
     keys: KeyChecker
     limiter: RateLimiter
-    pool: ThreadPoolExecutor
     gallery: Gallery | None = None
     gallery_error: FaceMarginError | None = None
     in_flight: int = field(default=0)
-    queue_delay: QueueDelay = field(default_factory=QueueDelay)
     reopen: asyncio.Task[None] | None = None
 
     @property
     def contract(self) -> ModelContract:
-        return self.embedder.contract
-
-    @property
-    def template(self) -> Template:
-        """The alignment the served model was trained on."""
-        return self.embedder.template
+        return self.pipeline.contract
 
     def require_gallery(self) -> Gallery:
         if self.gallery is None:
             raise self.gallery_error or NotReady("the gallery is not open")
         return self.gallery
 
-    async def run(self, stage: str | None, function: Callable[..., T], *args: Any) -> T:
-        """CPU or I/O work in the worker pool, timed as a pipeline stage when named."""
-        start = time.perf_counter()
-
-        def started() -> T:
-            self.queue_delay.observe(time.perf_counter() - start)
-            return function(*args)
-
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, started)
-        finally:
-            if stage is not None:
-                self.metrics.stage.labels(stage).observe(time.perf_counter() - start)
-
     def shed(self) -> Overloaded | None:
         """The refusal new work gets now, counted as shed, or None. Full means too many requests in
         flight, or work recently waiting longer than `max_queue_delay_ms` for a thread (the
         first request in flight is always admitted, so the server cannot lock itself out)."""
-        waited = self.queue_delay.current()
+        waited = self.pipeline.queue_delay.current()
         if self.in_flight >= self.settings.max_in_flight or (
             self.in_flight > 0 and waited * 1000 > self.settings.max_queue_delay_ms
         ):
@@ -162,7 +109,7 @@ def open_gallery(
             settings.gallery_url,
             model_id=contract.model_id,
             embedding_dim=contract.embedding_dim,
-            index_kind=settings.index_kind.value,
+            index_kind=settings.index_kind,
             use_gpu=settings.provider.value != "cpu",
             hnsw_ef_search=settings.hnsw_ef_search,
             snapshot_dir=settings.data_dir / "index" if settings.index_snapshot else None,
@@ -207,14 +154,8 @@ async def start_runtime(settings: Settings) -> Runtime:
         ),
     )
 
-    def observe(size: int, seconds: float) -> None:
-        metrics.batch_size.observe(size)
-        metrics.stage.labels("embed").observe(seconds)
-
-    batcher = MicroBatcher(
-        embedder, settings.batch_max_size, settings.batch_max_wait_ms / 1e3, observe
-    )
-    batcher.start()
+    pipeline = FacePipeline(settings, detector, embedder, metrics, pool)
+    pipeline.start()
     gallery, gallery_error = await loop.run_in_executor(
         pool, open_gallery, settings, embedder.contract
     )
@@ -230,13 +171,10 @@ async def start_runtime(settings: Settings) -> Runtime:
     )
     runtime = Runtime(
         settings=settings,
-        detector=detector,
-        embedder=embedder,
-        batcher=batcher,
+        pipeline=pipeline,
         metrics=metrics,
         keys=keys,
         limiter=RateLimiter(settings.rate_limit_per_minute),
-        pool=pool,
         gallery=gallery,
         gallery_error=gallery_error,
     )
@@ -252,7 +190,7 @@ async def _reopen_gallery(runtime: Runtime, every_s: float = 2.0) -> None:
     while runtime.gallery is None and isinstance(runtime.gallery_error, NotReady):
         await asyncio.sleep(every_s)
         gallery, error = await asyncio.get_running_loop().run_in_executor(
-            runtime.pool, open_gallery, runtime.settings, runtime.contract
+            runtime.pipeline.pool, open_gallery, runtime.settings, runtime.contract
         )
         runtime.gallery, runtime.gallery_error = gallery, error
     if runtime.gallery is not None:
@@ -263,11 +201,11 @@ async def _reopen_gallery(runtime: Runtime, every_s: float = 2.0) -> None:
 async def stop_runtime(runtime: Runtime) -> None:
     if runtime.reopen is not None:
         runtime.reopen.cancel()
-    await runtime.batcher.stop()
+    await runtime.pipeline.stop()
     if runtime.gallery is not None:
         runtime.gallery.stop_sync()
         runtime.gallery.close()
-    runtime.pool.shutdown(wait=False, cancel_futures=True)
+    runtime.pipeline.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def get_runtime(request: Request) -> Runtime:
