@@ -89,3 +89,44 @@ def _timed(function) -> float:
     start = time.perf_counter()
     function()
     return time.perf_counter() - start
+
+
+def test_the_pipeline_embeds_on_its_worker_pool_where_admission_control_sees_the_wait(
+    embedder, faces
+):
+    """Embedding batches run on the pool the queue delay watches, not on asyncio's own
+    executor: with the only worker busy, the embedding's wait for it is observed."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.api.metrics import Metrics
+    from service.api.pipeline import FacePipeline
+    from service.api.settings import Settings
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="pipeline-test")
+    threads: list[str] = []
+
+    class Recording(Embedder):
+        def embed(self, batch):  # type: ignore[override]
+            threads.append(threading.current_thread().name)
+            return embedder.embed(batch)
+
+    recording = Recording.__new__(Recording)
+    recording.__dict__.update(embedder.__dict__)
+    pipeline = FacePipeline(Settings(batch_max_wait_ms=0), None, recording, Metrics(), pool)  # type: ignore[arg-type]
+
+    async def scenario() -> float:
+        pipeline.start()
+        try:
+            busy = asyncio.get_running_loop().run_in_executor(pool, time.sleep, 0.3)
+            vectors = (await pipeline.batcher.embed(faces[:2])).vectors
+            await busy
+            assert vectors.shape[0] == 2
+            return pipeline.queue_delay.current()
+        finally:
+            await pipeline.stop()
+
+    waited = asyncio.run(scenario())
+    pool.shutdown()
+    assert threads and all(name.startswith("pipeline-test") for name in threads)
+    assert waited > 0.2
