@@ -28,13 +28,15 @@ async def enroll_photos(
     images: Sequence[UploadFile],
     display_name: str | None,
     metadata: dict[str, Any] | None,
+    policy: FacePolicy = FacePolicy.dominant,
 ) -> EnrollResponse:
     pipeline = runtime.pipeline
     rejected: list[RejectedImage] = []
+    statuses: list[int] = []
     accepted: list[tuple[int, UploadFile, PhotoFaces]] = []
     photos = await asyncio.gather(
         *(
-            pipeline.faces(upload, FacePolicy.single, f"images[{index}]")
+            pipeline.faces(upload, policy, f"images[{index}]")
             for index, upload in enumerate(images)
         ),
         return_exceptions=True,
@@ -42,6 +44,7 @@ async def enroll_photos(
     for index, (upload, photo) in enumerate(zip(images, photos, strict=True)):
         if isinstance(photo, FaceMarginError) and photo.http_status < 500:
             rejected.append(_rejection(index, upload, photo))
+            statuses.append(photo.http_status)
         elif isinstance(photo, BaseException):
             raise photo
         else:
@@ -62,11 +65,13 @@ async def enroll_photos(
             problem = await pipeline.run("search", conflict, runtime, gallery, subject_id, vector)
         if problem is not None:
             rejected.append(_rejection(index, upload, problem))
+            statuses.append(problem.http_status)
             continue
         templates.append(NewTemplate(embedding=vector, quality=quality, image_sha256=photo.sha256))
         kept.append((index, upload, photo, quality))
     if not templates:
-        raise NothingEnrolled(sorted(rejected, key=lambda r: r.index))
+        order = sorted(range(len(rejected)), key=lambda i: rejected[i].index)
+        raise NothingEnrolled([rejected[i] for i in order], [statuses[i] for i in order])
     ids = await pipeline.run(
         "store",
         lambda: gallery.enroll(subject_id, templates, display_name=display_name, metadata=metadata),
@@ -120,5 +125,9 @@ def conflict(
 
 def _rejection(index: int, upload: UploadFile, error: FaceMarginError) -> RejectedImage:
     return RejectedImage(
-        index=index, filename=upload.filename, code=error.code, message=error.message
+        index=index,
+        filename=upload.filename,
+        code=error.code,
+        message=error.message,
+        details=error.details,
     )

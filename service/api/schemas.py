@@ -104,6 +104,9 @@ class RejectedImage(BaseModel):
     filename: str | None
     code: str = Field(examples=["multiple_faces"])
     message: str
+    details: dict[str, Any] = Field(
+        default_factory=dict, description="The error's details, e.g. the boxes of the faces found."
+    )
 
 
 class EnrollResponse(BaseModel):

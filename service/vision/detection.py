@@ -69,17 +69,31 @@ class FacePolicy(StrEnum):
 
     largest = "largest"
     central = "central"
+    # The largest face when it clearly dominates (DOMINANCE_AREA_RATIO); otherwise every face,
+    # and a request refuses the photo as ambiguous (422 multiple_faces, naming the faces).
+    dominant = "dominant"
     single = "single"  # exactly one face: a request refuses a photo with several (422)
     all = "all"
 
 
+# A face dominates a photo when its box has at least twice the area of every other face's
+# (its side is over 1.41 times theirs): a person in front of a crowd, a passer-by in the
+# background. Two people of about the same size are an ambiguity only the client can settle.
+DOMINANCE_AREA_RATIO = 2.0
+
+
 def select_faces(faces: list[Face], policy: FacePolicy, image_shape: tuple[int, ...]) -> list[Face]:
-    """Apply a selection policy; `all` and `single` keep every face, largest first (`single`
-    leaves the refusal of several to its caller)."""
+    """Apply a selection policy; `all` and `single` keep every face, largest first, and so
+    does `dominant` when no face dominates (the refusal of several is the caller's)."""
     if not faces:
         return []
-    if policy in (FacePolicy.all, FacePolicy.single):
-        return sorted(faces, key=lambda f: f.area, reverse=True)
+    if policy in (FacePolicy.all, FacePolicy.single, FacePolicy.dominant):
+        ordered = sorted(faces, key=lambda f: f.area, reverse=True)
+        if policy is FacePolicy.dominant and (
+            len(ordered) == 1 or ordered[0].area >= DOMINANCE_AREA_RATIO * ordered[1].area
+        ):
+            return ordered[:1]
+        return ordered
     if policy is FacePolicy.largest:
         return [max(faces, key=lambda f: f.area)]
     height, width = image_shape[:2]

@@ -120,9 +120,15 @@ class NothingEnrolled(FaceMarginError):
 
     http_status = 422
 
-    def __init__(self, rejected: list) -> None:
+    def __init__(self, rejected: list, statuses: list[int]) -> None:
+        """`rejected`: the photos' RejectedImage records; `statuses`: each one's own HTTP
+        status. One reason shared by every photo answers with that reason's code and status,
+        as the same problem does on every other route; mixed reasons are 422."""
         codes = {r.code for r in rejected}
         self.code = codes.pop() if len(codes) == 1 else "no_image_enrolled"
+        self.http_status = (
+            statuses[0] if len(set(statuses)) == 1 and self.code != "no_image_enrolled" else 422
+        )
         message = (
             f"no image was enrolled: {rejected[0].message}"
             if len(rejected) == 1

@@ -64,14 +64,17 @@ def read_faces(
     aligned = [replace(a, face=on_photo(a.face, image.scale)) for a in aligned]
     if not aligned:
         raise NoFace(f"{what}: no face found", {"field": what})
-    if policy is FacePolicy.single and len(aligned) > 1:
+    if policy in (FacePolicy.single, FacePolicy.dominant) and len(aligned) > 1:
+        expected = "exactly one" if policy is FacePolicy.single else "one clearly largest"
         raise MultipleFaces(
-            f"{what}: {len(aligned)} faces found, exactly one expected "
-            "(or choose face_policy=largest)",
-            {"field": what, "faces": len(aligned)},
+            f"{what}: {len(aligned)} faces found, {expected} expected; choose one with "
+            "face_policy=largest or central, or crop the photo",
+            {
+                "field": what,
+                "faces": len(aligned),
+                "boxes": [[round(float(v), 1) for v in a.face.box] for a in aligned],
+            },
         )
-    if policy is FacePolicy.single:
-        aligned = aligned[:1]
     large = [a for a in aligned if short_side(a.face) >= min_face_px]
     if not large:
         side = max(short_side(a.face) for a in aligned)

@@ -142,6 +142,72 @@ def test_enroll_reports_each_image(server, tmp_path):
     assert missing.status_code == 404  # nothing enrolled, nothing created
 
 
+def _composed(tmp_path: Path, name: str, people: list[tuple[int, float]]) -> Path:
+    """Photos of CFP people side by side on one canvas, each scaled by its factor."""
+    faces = []
+    for person, scale in people:
+        image = Image.open(photo(person, 1)).convert("RGB")
+        faces.append(image.resize((int(image.width * scale), int(image.height * scale))))
+    canvas = Image.new("RGB", (sum(f.width for f in faces), max(f.height for f in faces)), "gray")
+    x = 0
+    for face in faces:
+        canvas.paste(face, (x, 0))
+        x += face.width
+    path = tmp_path / name
+    canvas.save(path, quality=95)
+    return path
+
+
+def test_enroll_takes_the_dominant_face_and_names_the_faces_of_a_real_ambiguity(server, tmp_path):
+    """A passer-by in the background does not stop an enrolment; two people of a size do, and
+    the refusal lists their boxes so the client can choose (with face_policy)."""
+    background = _composed(tmp_path, "background.jpg", [(30, 1.0), (31, 0.45)])
+    pair = _composed(tmp_path, "pair.jpg", [(32, 1.0), (33, 1.0)])
+    taken = enroll(server.url, "person-030", [background])
+    assert taken.status_code == 200, taken.text
+    assert [t["index"] for t in taken.json()["enrolled"]] == [0]
+    strict = enroll(server.url, "person-031", [background], face_policy="single")
+    assert strict.status_code == 422 and strict.json()["error"]["code"] == "multiple_faces"
+
+    refused = enroll(server.url, "person-032", [pair])
+    error = refused.json()["error"]
+    assert refused.status_code == 422 and error["code"] == "multiple_faces"
+    (rejection,) = error["details"]["rejected"]
+    boxes = rejection["details"]["boxes"]
+    assert len(boxes) == 2 and all(len(b) == 4 for b in boxes)
+    assert "face_policy=largest" in rejection["message"]  # an option /enroll has
+    chosen = enroll(server.url, "person-032", [pair], face_policy="largest")
+    assert chosen.status_code == 200 and len(chosen.json()["enrolled"]) == 1
+    assert enroll(server.url, "person-033", [pair], face_policy="all").status_code == 422
+
+
+def test_one_problem_has_one_status_on_every_route(server, tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    verified = httpx.post(
+        f"{server.url}/verify",
+        files=[upload(empty, "image1"), upload(photo(1, 1), "image2")],
+        timeout=60,
+    )
+    enrolled = enroll(server.url, "person-040", [empty])
+    assert verified.json()["error"]["code"] == enrolled.json()["error"]["code"] == "invalid_image"
+    assert verified.status_code == enrolled.status_code == 400
+    blank = tmp_path / "blank.jpg"
+    Image.new("RGB", (300, 300), (120, 120, 120)).save(blank)
+    mixed = enroll(server.url, "person-040", [empty, blank])
+    assert mixed.status_code == 422 and mixed.json()["error"]["code"] == "no_image_enrolled"
+    codes = [r["code"] for r in mixed.json()["error"]["details"]["rejected"]]
+    assert codes == ["invalid_image", "face_not_found"]
+    everything = httpx.post(
+        f"{server.url}/verify",
+        files=[upload(photo(1, 1), "image1"), upload(photo(1, 2), "image2")],
+        data={"face_policy": "all"},
+        timeout=60,
+    )
+    assert everything.status_code == 422
+    assert everything.json()["error"]["details"]["field"] == "face_policy"
+
+
 def test_embed_returns_unit_vectors_of_the_model(server):
     info = httpx.get(f"{server.url}/info").json()
     body = httpx.post(f"{server.url}/embed", files=[upload(photo(5, 1))], timeout=60).json()

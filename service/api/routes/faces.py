@@ -24,6 +24,7 @@ from service.api.schemas import (
     VerifyResponse,
 )
 from service.vision.detection import FacePolicy
+from service.vision.errors import InvalidRequest
 from service.vision.faces import on_photo
 
 router = APIRouter(tags=["faces"], dependencies=[Depends(authorize)])
@@ -51,8 +52,13 @@ async def verify(
 ) -> VerifyResponse:
     """Are the faces in two photos the same person? Cosine similarity against a threshold
     calibrated at a named false-accept rate (default FACEMARGIN_DEFAULT_FAR), or yours."""
+    if face_policy is FacePolicy.all:
+        raise InvalidRequest(
+            "face_policy=all is not allowed on /verify: it compares one face per photo",
+            {"field": "face_policy"},
+        )
     point = operating_point(runtime, threshold, far)
-    policy = FacePolicy.largest if face_policy is FacePolicy.all else face_policy
+    policy = face_policy
     async with runtime.admitted():
         pipeline = runtime.pipeline
         first, second = await asyncio.gather(

@@ -60,10 +60,25 @@ async def enroll(
     images: Annotated[list[UploadFile], File(description="One face per photo.")],
     display_name: Annotated[str | None, Form(max_length=256)] = None,
     metadata: Annotated[str | None, Form(description="A JSON object, up to 4 KiB.")] = None,
+    face_policy: Annotated[
+        FacePolicy,
+        Form(
+            description="Which face of a photo with several: dominant (default: the largest "
+            "when its box has at least twice the area of every other, else the photo is "
+            "refused as multiple_faces with every face's box), largest, central or single "
+            "(exactly one face). Not all: one template per photo."
+        ),
+    ] = FacePolicy.dominant,
 ) -> EnrollResponse:
     """Store one template per accepted photo. Each photo is accepted or rejected on its own
-    (no face, several faces, face too small, low quality, or closer to another subject when
-    FACEMARGIN_CHECK_ENROLL_CONFLICTS is on); the subject is stored only if one is accepted."""
+    (no face, an ambiguous group, face too small, low quality, or closer to another subject
+    when FACEMARGIN_CHECK_ENROLL_CONFLICTS is on); the subject is stored only if one is
+    accepted."""
+    if face_policy is FacePolicy.all:
+        raise InvalidRequest(
+            "face_policy=all is not allowed on /enroll: one template per photo",
+            {"field": "face_policy"},
+        )
     if len(images) > runtime.settings.max_images_per_enroll:
         raise InvalidRequest(
             f"{len(images)} images; at most {runtime.settings.max_images_per_enroll} per request"
@@ -71,7 +86,9 @@ async def enroll(
     extra = _metadata(metadata)
     gallery = runtime.require_gallery()
     async with runtime.admitted():
-        return await enroll_photos(runtime, gallery, subject_id, images, display_name, extra)
+        return await enroll_photos(
+            runtime, gallery, subject_id, images, display_name, extra, face_policy
+        )
 
 
 @router.post("/identify", response_model=IdentifyResponse, dependencies=[Depends(multipart_body)])
