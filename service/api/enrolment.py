@@ -1,7 +1,8 @@
 """Enrolment's rules: which photos become templates. Each photo is accepted or rejected on
 its own: no face, several faces, face too small, low quality (under the floor the model's
-calibration suggests, or FACEMARGIN_MIN_ENROLL_QUALITY), or closer to another subject when
-FACEMARGIN_CHECK_ENROLL_CONFLICTS is on; the subject is stored only if one is accepted."""
+calibration suggests, or FACEMARGIN_MIN_ENROLL_QUALITY), already enrolled (a duplicate), or
+closer to another subject when FACEMARGIN_CHECK_ENROLL_CONFLICTS is on; the subject is
+stored only if one is accepted."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ from service.api.runtime import Runtime
 from service.api.schemas import EnrolledTemplate, EnrollResponse, RejectedImage
 from service.gallery import Gallery, NewTemplate
 from service.vision.detection import FacePolicy
-from service.vision.errors import ConflictingSubject, FaceMarginError, LowQuality, NothingEnrolled
+from service.vision.errors import (
+    ConflictingSubject,
+    DuplicateTemplate,
+    FaceMarginError,
+    LowQuality,
+    NothingEnrolled,
+)
 from service.vision.faces import PhotoFaces
 
 
@@ -61,8 +68,13 @@ async def enroll_photos(
             problem = LowQuality(
                 f"face quality {quality:.3f} is under the enrolment floor {floor:.3f}"
             )
-        elif runtime.settings.check_enroll_conflicts:
-            problem = await pipeline.run("search", conflict, runtime, gallery, subject_id, vector)
+        else:
+            earlier = {k[0]: t.embedding for k, t in zip(kept, templates, strict=True)}
+            problem = await pipeline.run("search", duplicate, gallery, vector, earlier)
+            if problem is None and runtime.settings.check_enroll_conflicts:
+                problem = await pipeline.run(
+                    "search", conflict, runtime, gallery, subject_id, vector
+                )
         if problem is not None:
             rejected.append(_rejection(index, upload, problem))
             statuses.append(problem.http_status)
@@ -94,6 +106,33 @@ async def enroll_photos(
         template_count=subject.template_count,
         model_id=runtime.contract.model_id,
     )
+
+
+# Cosine above which two embeddings are the same photo: the embedder is deterministic, so
+# identical pixels give identical vectors up to float rounding (about 1e-7); two different
+# shots of a person, or one photo re-encoded, stay far below (re-encoding alone gives 0.99x).
+DUPLICATE_COSINE = 0.99999
+
+
+def duplicate(
+    gallery: Gallery, vector: np.ndarray, earlier: dict[int, np.ndarray]
+) -> DuplicateTemplate | None:
+    """The photo is already stored (as any subject), or sent twice in this request (`earlier`:
+    the request's accepted photos so far, by their index)."""
+    for index, other in earlier.items():
+        if float(np.dot(vector, other)) >= DUPLICATE_COSINE:
+            return DuplicateTemplate(
+                "the same photo is already in this request", {"duplicate_of_request_image": index}
+            )
+    (found,) = gallery.identify(vector[None], top_k=1)
+    if found and found[0].similarity >= DUPLICATE_COSINE:
+        best = found[0]
+        return DuplicateTemplate(
+            f"this photo is already enrolled as template {best.template_id} of subject "
+            f"{best.subject_id!r}",
+            {"subject_id": best.subject_id, "template_id": best.template_id},
+        )
+    return None
 
 
 def quality_floor(runtime: Runtime) -> float | None:

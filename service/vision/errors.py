@@ -114,6 +114,14 @@ class ConflictingSubject(FaceMarginError):
     http_status = 422
 
 
+class DuplicateTemplate(FaceMarginError):
+    """The photo is already enrolled: its embedding equals a stored template's within float
+    noise (the same pixels give the same embedding, whatever the file's bytes)."""
+
+    code = "duplicate_template"
+    http_status = 409
+
+
 class NothingEnrolled(FaceMarginError):
     """Every photo of an enrolment was rejected: the code is theirs when they share one, and
     each photo's reason is in the details (`rejected`: index, filename, code, message)."""

@@ -181,6 +181,26 @@ def test_enroll_takes_the_dominant_face_and_names_the_faces_of_a_real_ambiguity(
     assert enroll(server.url, "person-033", [pair], face_policy="all").status_code == 422
 
 
+def test_the_same_photo_is_not_enrolled_twice(server, tmp_path):
+    first = enroll(server.url, "person-050", [photo(50, 1), photo(50, 2)])
+    assert first.status_code == 200 and len(first.json()["enrolled"]) == 2
+    template_id = first.json()["enrolled"][0]["template_id"]
+    # The same pixels in another file (PNG instead of JPEG): not new, whatever the bytes.
+    png = tmp_path / "again.png"
+    Image.open(photo(50, 1)).save(png)
+    again = enroll(server.url, "person-050", [png, photo(50, 3), photo(50, 3)])
+    body = again.json()
+    assert again.status_code == 200 and [t["index"] for t in body["enrolled"]] == [1]
+    rejected = {r["index"]: r for r in body["rejected"]}
+    assert rejected[0]["code"] == rejected[2]["code"] == "duplicate_template"
+    assert rejected[0]["details"] == {"subject_id": "person-050", "template_id": template_id}
+    assert rejected[2]["details"] == {"duplicate_of_request_image": 1}
+    assert body["template_count"] == 3
+    only = enroll(server.url, "person-051", [photo(50, 2)])
+    assert only.status_code == 409 and only.json()["error"]["code"] == "duplicate_template"
+    assert only.json()["error"]["details"]["rejected"][0]["details"]["subject_id"] == "person-050"
+
+
 def test_one_problem_has_one_status_on_every_route(server, tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
