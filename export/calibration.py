@@ -16,9 +16,12 @@ from tqdm import tqdm
 
 from service.vision.alignment import Template
 from service.vision.contract import (
+    CURVE_LARGEST_FAR,
+    CURVE_POINTS_PER_DECADE,
     FAR_TARGETS,
     MIN_FALSE_ACCEPTS,
     Calibration,
+    FarPoint,
     OperatingPoint,
     Validation,
 )
@@ -122,6 +125,7 @@ def calibration_from_scores(
     scores = np.concatenate([genuine, impostor])
     same = np.concatenate([np.ones(genuine.size, bool), np.zeros(impostor.size, bool)])
     rate, rate_threshold = eer(scores, same)
+    curve = far_curve(impostor)
     return Calibration(
         protocol=protocol,
         description=description,
@@ -131,9 +135,22 @@ def calibration_from_scores(
         n_impostor=int(impostor.size),
         operating_points=points,
         unsupported_fars=unsupported,
+        far_curve=curve,
         eer=rate,
         eer_threshold=rate_threshold,
     )
+
+
+def far_curve(impostor: np.ndarray) -> list[FarPoint]:
+    """Thresholds at CURVE_POINTS_PER_DECADE FARs per decade from CURVE_LARGEST_FAR down to
+    the smallest FAR with MIN_FALSE_ACCEPTS impostor pairs behind it."""
+    points, k = [], 0
+    while True:
+        far = CURVE_LARGEST_FAR * 10 ** (-k / CURVE_POINTS_PER_DECADE)
+        if impostor.size * far < MIN_FALSE_ACCEPTS:
+            return points
+        points.append(FarPoint(far=far, threshold=threshold_at_far(impostor, far)))
+        k += 1
 
 
 def calibrate_face_set(vectors: dict[str, np.ndarray], faces: FaceSet) -> Calibration:

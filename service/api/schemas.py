@@ -79,8 +79,27 @@ class UsedFace(DetectedFace):
 class OperatingPoint(BaseModel):
     threshold: float = Field(description="Cosine similarity at or above which faces match.")
     source: Literal["calibrated", "explicit"]
-    far: float | None = Field(None, description="Target false-accept rate, when calibrated.")
+    far: float | None = Field(
+        None,
+        description="False-accept rate of one comparison at this threshold (the target, or "
+        "read off the model's calibration curve); None when the calibration cannot say.",
+    )
     protocol: str | None = Field(None, description="Where the threshold was measured.")
+    fpir: float | None = Field(
+        None,
+        description="Identify: the false-positive identification rate asked for (the chance a "
+        "stranger is matched to someone), when the threshold was derived from it.",
+    )
+    comparisons: int | None = Field(
+        None,
+        description="Identify: gallery entries a probe is compared with (templates under the "
+        "best rule, subjects under the mean rule).",
+    )
+    expected_fpir: float | None = Field(
+        None,
+        description="Identify: what the threshold means for this gallery, the chance a stranger "
+        "is matched to someone: 1 - (1 - far)^comparisons (about comparisons x far).",
+    )
 
 
 class VerifyResponse(BaseModel):

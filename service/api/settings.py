@@ -119,7 +119,20 @@ class Settings(BaseSettings):
         description="How often a replica applies the other replicas' writes (staleness bound).",
     )
     default_far: float = Field(
-        default=1e-3, gt=0, lt=1, description="Operating point used when a request names none."
+        default=1e-3,
+        gt=0,
+        lt=1,
+        description="Verify's operating point when a request names none: the false-accept "
+        "rate of one comparison.",
+    )
+    default_fpir: float | None = Field(
+        default=1e-2,
+        gt=0,
+        lt=1,
+        description="Identify's operating point when a request names none: the chance that a "
+        "stranger is matched to someone, whatever the gallery's size (the per-comparison FAR "
+        "is derived from it and the number of comparisons). Unset: default_far per "
+        "comparison, whose false matches grow with the gallery.",
     )
     score_rule: MatchRule = Field(
         default=MatchRule.best,

@@ -264,6 +264,14 @@ class Gallery:
         with self._searching.read():
             return rank(self._state, queries, top_k, rule)
 
+    def comparisons(self, rule: MatchRule | str = MatchRule.best) -> int:
+        """How many entries a probe is compared with: the indexed templates under the best
+        rule, the subjects under the mean rule."""
+        with self._searching.read():
+            if MatchRule(rule) is MatchRule.best:
+                return len(self._state.templates)
+            return len(self._state.members)
+
     def get_subject(self, subject_id: str) -> SubjectDetail:
         """A subject with its templates' metadata. Raises SubjectNotFound."""
         return self._store.get_subject(subject_id)

@@ -12,6 +12,7 @@ import math
 from datetime import datetime
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.vision.alignment import Template, template_named
@@ -97,6 +98,17 @@ class OperatingPoint(_Strict):
     tar: float | None = Field(None, description="Genuine pairs accepted; None when not measured.")
 
 
+class FarPoint(_Strict):
+    far: float
+    threshold: float
+
+
+# The FAR grid of a calibration's curve: four points per decade from 1e-1 down to the smallest
+# FAR its impostor pairs support.
+CURVE_POINTS_PER_DECADE = 4
+CURVE_LARGEST_FAR = 1e-1
+
+
 class Calibration(_Strict):
     protocol: str
     description: str
@@ -111,6 +123,12 @@ class Calibration(_Strict):
     unsupported_fars: list[float] = Field(
         default_factory=list,
         description=f"Targets with fewer than {MIN_FALSE_ACCEPTS}/FAR impostor pairs.",
+    )
+    far_curve: list[FarPoint] = Field(
+        default_factory=list,
+        description="Thresholds on a log grid of FARs (largest first), from 1e-1 to the "
+        "smallest FAR the impostor pairs support: what a gallery-size-aware identification "
+        "threshold is interpolated on. Empty in files calibrated before it existed.",
     )
     eer: float | None = Field(None, description="Equal error rate; None when not measured.")
     norm_percentiles: dict[str, float] = Field(
@@ -229,6 +247,47 @@ class ModelContract(_Strict):
             if math.isclose(point.far, far, rel_tol=1e-9):
                 return point.threshold
         return None
+
+    def threshold_on_curve(self, far: float) -> float | None:
+        """The threshold for any FAR within the calibrated curve, linear in log FAR between
+        its points (exact at the operating points); None outside it or without a curve."""
+        exact = self.threshold_at(far)
+        if exact is not None:
+            return exact
+        curve = self.calibration.far_curve if self.calibration else []
+        if not curve or not curve[-1].far <= far <= curve[0].far:
+            return None
+        logs = [math.log10(p.far) for p in reversed(curve)]
+        thresholds = [p.threshold for p in reversed(curve)]
+        return float(np.interp(math.log10(far), logs, thresholds))
+
+    def far_on_curve(self, threshold: float) -> float | None:
+        """The FAR a threshold stands for, within the calibrated curve; None outside it."""
+        curve = self.calibration.far_curve if self.calibration else []
+        if not curve or not curve[0].threshold <= threshold <= curve[-1].threshold:
+            return None
+        logs = [math.log10(p.far) for p in curve]
+        return float(10 ** np.interp(threshold, [p.threshold for p in curve], logs))
+
+    def threshold_for_fpir(self, fpir: float, comparisons: int) -> tuple[float, float] | None:
+        """(threshold, FAR per comparison) that lets a stranger compared with `comparisons`
+        gallery entries be matched with probability `fpir`: FAR = 1 - (1 - fpir)^(1/n). Past
+        the curve's strictest FAR (a very large gallery) the threshold stops there; None
+        without a curve."""
+        curve = self.calibration.far_curve if self.calibration else []
+        if not curve:
+            return None
+        per_comparison = 1 - (1 - fpir) ** (1 / max(comparisons, 1))
+        far = min(max(per_comparison, curve[-1].far), curve[0].far)
+        threshold = self.threshold_on_curve(far)
+        assert threshold is not None  # far is inside the curve
+        return threshold, far
+
+    @property
+    def strictest_far(self) -> float | None:
+        """The smallest FAR the curve reaches."""
+        curve = self.calibration.far_curve if self.calibration else []
+        return curve[-1].far if curve else None
 
 
 def parse_contract(metadata: dict[str, str]) -> ModelContract | None:

@@ -78,12 +78,11 @@ def test_verify_with_an_explicit_threshold_and_a_far(server):
     body = httpx.post(
         f"{server.url}/verify", files=files, data={"threshold": "0.5"}, timeout=60
     ).json()
-    assert body["threshold"] == {
-        "threshold": 0.5,
-        "source": "explicit",
-        "far": None,
-        "protocol": None,
-    }
+    point = body["threshold"]
+    assert (point["threshold"], point["source"], point["protocol"]) == (0.5, "explicit", None)
+    # What the threshold stands for, read off the model's calibration curve (FAR 1e-4 is at
+    # 0.4814, 1e-5 higher up).
+    assert 1e-5 < point["far"] < 1e-4
     assert body["similarity"] > 0.999 and body["match"] is True  # the same photo twice
     response = httpx.post(f"{server.url}/verify", files=files, data={"far": "0.5"}, timeout=60)
     assert response.status_code == 422
@@ -425,3 +424,33 @@ def test_a_gallery_refuses_another_models_embeddings(tmp_path):
         # Verification needs no gallery and still works.
         files = [upload(photo(8, 1), "image1"), upload(photo(8, 2), "image2")]
         assert httpx.post(f"{server.url}/verify", files=files, timeout=60).status_code == 200
+
+
+def test_identify_holds_the_stranger_match_rate_as_the_gallery_grows(tmp_path):
+    """The default open-set rule is an FPIR: the per-comparison FAR shrinks as entries are
+    added, so the threshold rises, and the answer says what it means for this gallery."""
+    with running(gallery_env(tmp_path)) as server:
+        probe = reencoded(photo(60, 2))
+        points = []
+        for person in range(60, 66):
+            assert enroll(server.url, f"person-{person:03d}", [photo(person, 1)]).status_code == 200
+            point = identify(server.url, probe).json()["threshold"]
+            points.append(point)
+        assert [p["comparisons"] for p in points] == [1, 2, 3, 4, 5, 6]
+        assert all(p["fpir"] == 0.01 for p in points)
+        thresholds = [p["threshold"] for p in points]
+        assert thresholds == sorted(thresholds) and thresholds[0] < thresholds[-1]
+        for p in points:
+            assert p["far"] == pytest.approx(1 - 0.99 ** (1 / p["comparisons"]), rel=1e-9)
+            assert p["expected_fpir"] == pytest.approx(0.01, rel=1e-6)
+
+        # A per-comparison FAR is still available, and the answer says what it costs here.
+        per = identify(server.url, probe, far="0.001").json()["threshold"]
+        assert per["far"] == 0.001 and per["fpir"] is None
+        assert per["expected_fpir"] == pytest.approx(1 - 0.999**6)
+        mean = identify(server.url, probe, fpir="0.05", score_rule="mean").json()["threshold"]
+        assert mean["comparisons"] == 6 and mean["fpir"] == 0.05
+        both = identify(server.url, probe, far="0.001", fpir="0.01")
+        assert both.status_code == 422 and both.json()["error"]["code"] == "invalid_request"
+        explicit = identify(server.url, probe, threshold="0.4").json()["threshold"]
+        assert explicit["source"] == "explicit" and 1e-4 < explicit["far"] < 1e-2

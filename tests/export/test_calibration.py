@@ -53,3 +53,32 @@ def test_more_data_calibrates_stricter_points():
 def test_calibration_needs_both_kinds_of_pair():
     with pytest.raises(ValueError, match="genuine and impostor"):
         calibration_from_scores(np.array([0.5]), np.array([]), "x", "x", 0, 0)
+
+
+def test_the_far_curve_spans_what_the_impostors_support_and_is_read_between_its_points():
+    from service.vision.contract import ModelContract
+
+    rng = np.random.default_rng(2)
+    impostor = rng.normal(0, 0.1, 200_000)
+    result = calibration_from_scores(
+        rng.normal(0.6, 0.1, 1_000), impostor, "synthetic", "test", 0, 0
+    )
+    fars = [p.far for p in result.far_curve]
+    assert fars[0] == pytest.approx(1e-1) and fars == sorted(fars, reverse=True)
+    assert fars[-1] * impostor.size >= 10 > fars[-1] * 10 ** (-1 / 4) * impostor.size
+    thresholds = [p.threshold for p in result.far_curve]
+    assert thresholds == sorted(thresholds)
+    for point in result.far_curve:  # each point is an exact threshold of its FAR
+        assert np.mean(impostor >= point.threshold) <= point.far
+
+    contract = ModelContract.model_construct(calibration=result)
+    exact = {p.far: p.threshold for p in result.operating_points}
+    assert contract.threshold_on_curve(1e-3) == exact[1e-3]
+    between = contract.threshold_on_curve(2e-4)
+    assert exact[1e-3] < between < exact[1e-4]
+    # Interpolated, it stays close to what the impostors say at that FAR.
+    assert abs(np.mean(impostor >= between) - 2e-4) < 1e-4
+    assert contract.far_on_curve(between) == pytest.approx(2e-4, rel=1e-6)
+    assert contract.threshold_on_curve(0.5) is None  # outside the curve
+    assert contract.threshold_on_curve(fars[-1] / 10) is None
+    assert contract.strictest_far == fars[-1]

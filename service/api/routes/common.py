@@ -11,6 +11,7 @@ from service.api.deps import RuntimeDep
 from service.api.runtime import Runtime
 from service.api.schemas import Box, DetectedFace, OperatingPoint, UsedFace
 from service.api.security import API_KEY_HEADER
+from service.vision.contract import ModelContract
 from service.vision.detection import Face
 from service.vision.errors import ThresholdUnavailable, UnsupportedBody
 from service.vision.faces import PhotoFaces
@@ -42,30 +43,78 @@ async def multipart_body(request: Request) -> None:
 
 
 def operating_point(runtime: Runtime, threshold: float | None, far: float | None) -> OperatingPoint:
-    """An explicit threshold, else the calibrated one at `far` (or the default FAR)."""
-    if threshold is not None:
-        return OperatingPoint(threshold=threshold, source="explicit")
+    """An explicit threshold, else the calibrated one at `far` (or the default FAR): any FAR
+    on the model's calibration curve, or exactly one of its operating points."""
     contract = runtime.contract
+    protocol = contract.calibration.protocol if contract.calibration else None
+    if threshold is not None:
+        return OperatingPoint(
+            threshold=threshold, source="explicit", far=contract.far_on_curve(threshold)
+        )
     target = far if far is not None else runtime.settings.default_far
-    value = contract.threshold_at(target)
+    value = contract.threshold_on_curve(target)
     if value is None:
-        available = (
-            [p.far for p in contract.calibration.operating_points] if contract.calibration else []
-        )
-        raise ThresholdUnavailable(
-            f"model {contract.model_id} has no threshold calibrated at FAR {target:g}; "
-            + (
-                f"calibrated FARs: {', '.join(f'{f:g}' for f in available)}"
-                if available
-                else "pass an explicit threshold"
-            ),
-            {"far": target, "calibrated_fars": available},
-        )
+        raise _unavailable(contract, target)
+    return OperatingPoint(threshold=value, source="calibrated", far=target, protocol=protocol)
+
+
+def identify_point(
+    runtime: Runtime,
+    threshold: float | None,
+    far: float | None,
+    fpir: float | None,
+    comparisons: int,
+) -> OperatingPoint:
+    """Identify's threshold. A probe is compared with `comparisons` gallery entries, so a
+    per-comparison FAR f lets a stranger through with probability 1 - (1 - f)^comparisons:
+    `fpir` (or FACEMARGIN_DEFAULT_FPIR when nothing is named) fixes that probability instead,
+    and the FAR per comparison follows from the gallery's size. The answer says what the
+    threshold means for this gallery either way."""
+    contract = runtime.contract
+    if threshold is None and far is None:
+        target = fpir if fpir is not None else runtime.settings.default_fpir
+        if target is not None and (fpir is not None or contract.strictest_far is not None):
+            return _gallery_point(runtime, target, comparisons)
+    point = operating_point(runtime, threshold, far)
+    return point.model_copy(
+        update={"comparisons": comparisons, "expected_fpir": _fpir(point.far, comparisons)}
+    )
+
+
+def _gallery_point(runtime: Runtime, fpir: float, comparisons: int) -> OperatingPoint:
+    contract = runtime.contract
+    found = contract.threshold_for_fpir(fpir, comparisons)
+    if found is None or contract.calibration is None:
+        raise _unavailable(contract, fpir, what="FPIR")
+    # Past the strictest calibrated FAR, expected_fpir says honestly what the threshold means.
+    threshold, far = found
     return OperatingPoint(
-        threshold=value,
+        threshold=threshold,
         source="calibrated",
-        far=target,
-        protocol=contract.calibration.protocol if contract.calibration else None,
+        far=far,
+        protocol=contract.calibration.protocol,
+        fpir=fpir,
+        comparisons=comparisons,
+        expected_fpir=_fpir(far, comparisons),
+    )
+
+
+def _fpir(far: float | None, comparisons: int) -> float | None:
+    return None if far is None else 1 - (1 - far) ** comparisons
+
+
+def _unavailable(contract: ModelContract, target: float, what: str = "FAR") -> ThresholdUnavailable:
+    curve = contract.calibration.far_curve if contract.calibration else []
+    points = [p.far for p in contract.calibration.operating_points] if contract.calibration else []
+    if curve:
+        offered = f"calibrated FARs: {curve[-1].far:.2g} to {curve[0].far:g}"
+    elif points:
+        offered = f"calibrated FARs: {', '.join(f'{f:g}' for f in points)}"
+    else:
+        offered = "pass an explicit threshold"
+    return ThresholdUnavailable(
+        f"model {contract.model_id} has no threshold calibrated for {what} {target:g}; {offered}",
+        {"far" if what == "FAR" else "fpir": target, "calibrated_fars": points},
     )
 
 

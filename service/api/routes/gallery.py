@@ -11,8 +11,8 @@ from service.api.deps import RuntimeDep
 from service.api.enrolment import enroll_photos
 from service.api.routes.common import (
     authorize,
+    identify_point,
     multipart_body,
-    operating_point,
     used_face,
 )
 from service.api.schemas import (
@@ -96,20 +96,44 @@ async def identify(
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP photo.")],
     runtime: RuntimeDep,
     top_k: Annotated[int, Form(ge=1)] = 5,
-    threshold: Annotated[float | None, Form(ge=-1.0, le=1.0)] = None,
-    far: Annotated[float | None, Form(gt=0.0, lt=1.0)] = None,
+    threshold: Annotated[
+        float | None, Form(ge=-1.0, le=1.0, description="Explicit cosine threshold.")
+    ] = None,
+    far: Annotated[
+        float | None,
+        Form(
+            gt=0.0,
+            lt=1.0,
+            description="False-accept rate PER COMPARISON. A stranger is compared with every "
+            "gallery entry, so the chance they are matched to someone grows with the gallery: "
+            "about comparisons x far (with 1,000 templates, far=1e-3 matches a stranger 63% "
+            "of the time). Prefer fpir.",
+        ),
+    ] = None,
+    fpir: Annotated[
+        float | None,
+        Form(
+            gt=0.0,
+            lt=1.0,
+            description="False-positive identification rate: the chance a stranger is matched "
+            "to someone, whatever the gallery's size (default FACEMARGIN_DEFAULT_FPIR, 0.01).",
+        ),
+    ] = None,
     face_policy: Annotated[
         FacePolicy, Form(description="largest (default) or all faces.")
     ] = FacePolicy.largest,
     score_rule: Annotated[MatchRule | None, Form(description="best or mean template.")] = None,
 ) -> IdentifyResponse:
     """Who is this? Open set: a face whose best candidate is under the threshold is
-    `unknown`; the candidates are listed either way, and are never a match on their own."""
+    `unknown`; the candidates are listed either way, and are never a match on their own. The
+    threshold block says what the threshold means for this gallery (`expected_fpir`)."""
     if top_k > runtime.settings.max_top_k:
         raise InvalidRequest(f"top_k is at most {runtime.settings.max_top_k}")
-    point = operating_point(runtime, threshold, far)
+    if sum(v is not None for v in (threshold, far, fpir)) > 1:
+        raise InvalidRequest("give at most one of threshold, far and fpir")
     rule = score_rule or runtime.settings.score_rule
     gallery = runtime.require_gallery()
+    point = identify_point(runtime, threshold, far, fpir, gallery.comparisons(rule))
     async with runtime.admitted():
         photo = await runtime.pipeline.faces(image, face_policy, "image")
         embedded = await runtime.pipeline.embed(photo.faces)
