@@ -21,7 +21,7 @@ from service.vision.alignment import Template
 from service.vision.contract import ModelContract
 from service.vision.detection import Detector, Face, FacePolicy
 from service.vision.embedder import Embedder, Embeddings
-from service.vision.errors import ImageTooLarge
+from service.vision.errors import FaceMarginError, ImageTooLarge
 from service.vision.faces import PhotoFaces, read_faces, stack
 from service.vision.imaging import DecodedImage, decode_image
 from service.vision.preprocess import AlignedFace
@@ -110,20 +110,20 @@ class FacePipeline:
             if stage is not None:
                 self.metrics.stage.labels(stage).observe(time.perf_counter() - start)
 
-    async def read(self, upload: UploadFile) -> bytes:
+    async def read(self, upload: UploadFile, what: str) -> bytes:
         """The whole upload, refusing (413) as soon as it passes the image cap."""
         cap = self.settings.max_image_bytes
         data = await upload.read(cap + 1)
         if len(data) > cap:
             raise ImageTooLarge(
                 f"{upload.filename or 'image'} is over {cap} bytes", {"max_bytes": cap}
-            )
+            ).about(what)
         return data
 
     async def faces(self, upload: UploadFile, policy: FacePolicy, what: str) -> PhotoFaces:
         """The photo's faces chosen by `policy`, aligned to the served model's template;
         `what` names the upload in errors (image1, images[2])."""
-        data = await self.read(upload)
+        data = await self.read(upload, what)
         s = self.settings
         photo = await self.run(
             None,  # read_faces times decode and detect itself
@@ -141,16 +141,19 @@ class FacePipeline:
         self.metrics.stage.labels("detect").observe(photo.detect_s)
         return photo
 
-    async def detect(self, upload: UploadFile) -> tuple[DecodedImage, list[Face]]:
+    async def detect(self, upload: UploadFile, what: str) -> tuple[DecodedImage, list[Face]]:
         """Every face the detector finds, unselected and unaligned."""
-        data = await self.read(upload)
+        data = await self.read(upload, what)
 
         def work() -> tuple[DecodedImage, list[Face]]:
-            decoded = decode_image(
-                data,
-                max_bytes=self.settings.max_image_bytes,
-                max_pixels=self.settings.max_image_pixels,
-            )
+            try:
+                decoded = decode_image(
+                    data,
+                    max_bytes=self.settings.max_image_bytes,
+                    max_pixels=self.settings.max_image_pixels,
+                )
+            except FaceMarginError as error:
+                raise error.about(what) from None
             return decoded, self.detector.detect(decoded.pixels)
 
         return await self.run("detect", work)

@@ -18,6 +18,15 @@ class FaceMarginError(Exception):
         self.message = message
         self.details = details or {}
 
+    def about(self, field: str) -> FaceMarginError:
+        """This error, naming the request field it concerns (a verify request has two
+        images: the client must know which one was refused)."""
+        if self.details.get("field") != field:
+            self.message = f"{field}: {self.message}"
+            self.args = (self.message,)
+            self.details = {"field": field, **self.details}
+        return self
+
 
 class InvalidImage(FaceMarginError):
     """The bytes are not a readable image (empty, truncated, corrupt)."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from service.vision.alignment import Template
 from service.vision.detection import Detector, Face, FacePolicy
-from service.vision.errors import FaceTooSmall, MultipleFaces, NoFace
+from service.vision.errors import FaceMarginError, FaceTooSmall, MultipleFaces, NoFace
 from service.vision.imaging import DecodedImage, decode_image
 from service.vision.preprocess import AlignedFace, detect_and_align
 
@@ -57,7 +57,10 @@ def read_faces(
     """Decode, detect and align; raise the typed error a client can act on. `what` names the
     field in messages (a verify request has two images)."""
     start = time.perf_counter()
-    image = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    try:
+        image = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    except FaceMarginError as error:
+        raise error.about(what) from None
     decoded = time.perf_counter()
     aligned, detected = detect_and_align(image.pixels, detector, policy, template)
     timings = (decoded - start, time.perf_counter() - decoded)

@@ -454,3 +454,21 @@ def test_identify_holds_the_stranger_match_rate_as_the_gallery_grows(tmp_path):
         assert both.status_code == 422 and both.json()["error"]["code"] == "invalid_request"
         explicit = identify(server.url, probe, threshold="0.4").json()["threshold"]
         assert explicit["source"] == "explicit" and 1e-4 < explicit["far"] < 1e-2
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [(b"just some text, not a photo", 415, "unsupported_media_type"), (None, 400, "invalid_image")],
+    ids=["text", "truncated"],
+)
+def test_a_refused_image_names_its_field(server, content, status, code):
+    good = photo(1, 1).read_bytes()
+    bad = good[: len(good) // 3] if content is None else content
+    response = httpx.post(
+        f"{server.url}/verify",
+        files={"image1": ("a.jpg", good, "image/jpeg"), "image2": ("b.jpg", bad, "image/jpeg")},
+        timeout=60,
+    )
+    error = response.json()["error"]
+    assert response.status_code == status and error["code"] == code
+    assert error["details"]["field"] == "image2" and error["message"].startswith("image2: ")

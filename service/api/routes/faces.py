@@ -110,7 +110,7 @@ async def embed(
 async def detect(image: Photo, runtime: RuntimeDep) -> DetectResponse:
     """Every face in the photo with its box, five landmarks and detector score."""
     async with runtime.admitted():
-        decoded, faces = await runtime.pipeline.detect(image)
+        decoded, faces = await runtime.pipeline.detect(image, "image")
     # A large JPEG is decoded at reduced scale; report the photo as sent.
     width, height = decoded.size
     return DetectResponse(
