@@ -472,3 +472,21 @@ def test_a_refused_image_names_its_field(server, content, status, code):
     error = response.json()["error"]
     assert response.status_code == status and error["code"] == code
     assert error["details"]["field"] == "image2" and error["message"].startswith("image2: ")
+
+
+def test_misspelt_parameters_are_refused_by_name(server):
+    files = [upload(photo(1, 1), "image1"), upload(photo(1, 2), "image2")]
+    typo = httpx.post(f"{server.url}/verify", files=files, data={"threshhold": "0.3"}, timeout=60)
+    assert typo.status_code == 422
+    assert typo.json()["error"]["details"]["unknown"] == ["threshhold"]
+    assert "threshold" in typo.json()["error"]["details"]["allowed"]
+    query = httpx.post(f"{server.url}/verify?threshold=0.3", files=files, timeout=60)
+    assert query.status_code == 422 and query.json()["error"]["details"]["unknown"] == ["threshold"]
+    top = httpx.post(
+        f"{server.url}/identify", files=[upload(photo(1, 1))], data={"topk": "1"}, timeout=60
+    )
+    assert top.status_code == 422 and top.json()["error"]["details"]["unknown"] == ["topk"]
+    paging = httpx.get(f"{server.url}/subjects", params={"limitt": 5})
+    assert paging.status_code == 422 and paging.json()["error"]["details"]["unknown"] == ["limitt"]
+    fine = httpx.post(f"{server.url}/verify", files=files, data={"threshold": "0.3"}, timeout=60)
+    assert fine.status_code == 200

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Header, Request
@@ -13,7 +13,7 @@ from service.api.schemas import Box, DetectedFace, OperatingPoint, UsedFace
 from service.api.security import API_KEY_HEADER
 from service.vision.contract import ModelContract
 from service.vision.detection import Face
-from service.vision.errors import ThresholdUnavailable, UnsupportedBody
+from service.vision.errors import InvalidRequest, ThresholdUnavailable, UnsupportedBody
 from service.vision.faces import PhotoFaces
 from service.vision.preprocess import AlignedFace
 
@@ -39,6 +39,36 @@ async def multipart_body(request: Request) -> None:
         raise UnsupportedBody(
             f"send photos as multipart/form-data, not {kind or 'a body without a content type'}",
             {"content_type": kind or None, "expected": "multipart/form-data"},
+        )
+
+
+def _declared(dependant: Any) -> tuple[set[str], set[str]]:
+    """(query names, form field names) a route and its dependencies declare."""
+    query = {f.alias for f in dependant.query_params}
+    body = {f.alias for f in dependant.body_params}
+    for sub in dependant.dependencies:
+        more_query, more_body = _declared(sub)
+        query |= more_query
+        body |= more_body
+    return query, body
+
+
+async def no_unknown_fields(request: Request) -> None:
+    """A misspelt parameter (`threshhold`, `topk`, `?threshold=` on a form route) is a 422
+    naming it, not a request silently run with the defaults."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return
+    query, body = _declared(dependant)
+    unknown = sorted(set(request.query_params) - query)
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        unknown += sorted(set((await request.form()).keys()) - body)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}; "
+            f"this route takes: {', '.join(sorted(query | body)) or 'none'}",
+            {"unknown": unknown, "allowed": sorted(query | body)},
         )
 
 

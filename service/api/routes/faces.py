@@ -13,6 +13,7 @@ from service.api.routes.common import (
     cosine,
     describe,
     multipart_body,
+    no_unknown_fields,
     operating_point,
     used_face,
 )
@@ -27,7 +28,7 @@ from service.vision.detection import FacePolicy
 from service.vision.errors import InvalidRequest
 from service.vision.faces import on_photo
 
-router = APIRouter(tags=["faces"], dependencies=[Depends(authorize)])
+router = APIRouter(tags=["faces"], dependencies=[Depends(authorize), Depends(no_unknown_fields)])
 Photo = Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP photo.")]
 ThresholdForm = Annotated[
     float | None,

@@ -13,6 +13,7 @@ from service.api.routes.common import (
     authorize,
     identify_point,
     multipart_body,
+    no_unknown_fields,
     used_face,
 )
 from service.api.schemas import (
@@ -34,7 +35,7 @@ from service.vision.errors import (
     InvalidRequest,
 )
 
-router = APIRouter(tags=["gallery"], dependencies=[Depends(authorize)])
+router = APIRouter(tags=["gallery"], dependencies=[Depends(authorize), Depends(no_unknown_fields)])
 SubjectId = Annotated[str, Path(pattern=SUBJECT_ID_PATTERN, description="Your id for the person.")]
 MAX_METADATA_BYTES = 4096
 
