@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import uuid
@@ -21,7 +22,7 @@ from service.api.routes.operations import package_version
 from service.api.runtime import start_runtime, stop_runtime
 from service.api.schemas import ErrorResponse
 from service.api.settings import Settings, get_settings
-from service.vision.errors import FaceMarginError, ImageTooLarge, RateLimited
+from service.vision.errors import FaceMarginError, ImageTooLarge
 
 log = logging.getLogger("facemargin")
 # Our own access log replaces uvicorn's: it leaves out the query string, where a client may
@@ -46,11 +47,20 @@ def _request_id(scope: Scope) -> str | None:
 
 
 def error_response(
-    scope: Scope, status: int, code: str, message: str, details: dict | None = None
+    scope: Scope,
+    status: int,
+    code: str,
+    message: str,
+    details: dict | None = None,
+    retry_after: float | None = None,
 ) -> JSONResponse:
+    """The error envelope; `retry_after` (seconds) becomes a Retry-After header, in whole
+    seconds, at least 1."""
     request_id = _request_id(scope)
     body = {"error": {"code": code, "message": message, "details": details or {}}}
     headers = {"X-Request-ID": request_id} if request_id else {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return JSONResponse(
         status_code=status, content=body | {"request_id": request_id}, headers=headers
     )
@@ -196,7 +206,12 @@ class ShedBeforeBody:
             refusal = runtime.shed()
             if refusal is not None:
                 response = error_response(
-                    scope, refusal.http_status, refusal.code, refusal.message, refusal.details
+                    scope,
+                    refusal.http_status,
+                    refusal.code,
+                    refusal.message,
+                    refusal.details,
+                    refusal.retry_after,
                 )
                 await response(scope, receive, send)
                 return
@@ -229,12 +244,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(FaceMarginError)
     async def expected_error(request: Request, error: FaceMarginError) -> JSONResponse:
-        response = error_response(
-            request.scope, error.http_status, error.code, error.message, error.details
+        return error_response(
+            request.scope,
+            error.http_status,
+            error.code,
+            error.message,
+            error.details,
+            getattr(error, "retry_after", None),
         )
-        if isinstance(error, RateLimited):
-            response.headers["Retry-After"] = str(max(1, round(error.retry_after + 0.5)))
-        return response
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -251,7 +268,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = [
-            {"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]}
+            {"field": ".".join(str(p) for p in e["loc"]), "problem": _problem(e)}
             for e in error.errors()
         ]
         message = "; ".join(f"{p['field']}: {p['problem']}" for p in problems)
@@ -272,6 +289,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ShedBeforeBody, fastapi_app=app)
     app.add_middleware(RequestContext, fastapi_app=app)
     return app
+
+
+def _problem(error: dict) -> str:
+    """Pydantic's message, except where it speaks Python to an HTTP client."""
+    if "Expected UploadFile" in str(error.get("msg", "")):
+        return "expected a file (a multipart part with a filename), got a text value"
+    return str(error["msg"])
 
 
 # For other ASGI servers (`gunicorn -k uvicorn.workers.UvicornWorker service.api.app:app`):

@@ -59,10 +59,12 @@ class Runtime:
             self.in_flight > 0 and waited * 1000 > self.settings.max_queue_delay_ms
         ):
             self.metrics.shed.inc()
+            # The work in flight now drains in about the time work has been waiting.
             return Overloaded(
                 f"server busy ({self.in_flight} requests in progress, work waiting "
                 f"{waited * 1000:.0f} ms for a thread); retry shortly",
                 {"in_flight": self.in_flight, "queue_delay_ms": round(waited * 1000, 1)},
+                retry_after=waited,
             )
         return None
 

@@ -101,6 +101,11 @@ class Overloaded(FaceMarginError):
     code = "overloaded"
     http_status = 503
 
+    def __init__(self, message: str, details: dict, retry_after: float) -> None:
+        """`retry_after`: seconds until the work queued now has likely drained."""
+        super().__init__(message, details | {"retry_after_s": round(retry_after, 3)})
+        self.retry_after = retry_after
+
 
 class InvalidRequest(FaceMarginError):
     """A well-formed request with values the API cannot accept."""

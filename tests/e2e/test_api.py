@@ -329,6 +329,7 @@ def test_a_full_server_sheds_load_at_once(tmp_path):
     env = gallery_env(tmp_path) | {"FACEMARGIN_MAX_IN_FLIGHT": "1"}
     data = photo(7, 1).read_bytes()
     with running(env) as server:
+        retry_after: list[str | None] = []
 
         def one(_: int) -> tuple[int, str, float]:
             start = time.monotonic()
@@ -336,6 +337,8 @@ def test_a_full_server_sheds_load_at_once(tmp_path):
                 f"{server.url}/embed", files={"image": ("a.jpg", data, "image/jpeg")}, timeout=60
             )
             code = response.json()["error"]["code"] if response.status_code != 200 else ""
+            if response.status_code == 503:
+                retry_after.append(response.headers.get("retry-after"))
             return response.status_code, code, time.monotonic() - start
 
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -346,6 +349,8 @@ def test_a_full_server_sheds_load_at_once(tmp_path):
         shed = [seconds for status, _, seconds in results if status == 503]
         served = [seconds for status, _, seconds in results if status == 200]
         assert max(shed) < max(served)  # refused at once, not after queueing
+        # Every refusal says when to come back, from the queue's state (at least a second).
+        assert retry_after and all(v is not None and int(v) >= 1 for v in retry_after)
 
 
 def test_a_full_server_refuses_an_upload_before_reading_its_body(tmp_path):
@@ -490,3 +495,19 @@ def test_misspelt_parameters_are_refused_by_name(server):
     assert paging.status_code == 422 and paging.json()["error"]["details"]["unknown"] == ["limitt"]
     fine = httpx.post(f"{server.url}/verify", files=files, data={"threshold": "0.3"}, timeout=60)
     assert fine.status_code == 200
+
+
+def test_field_errors_speak_http_not_python(server):
+    text = httpx.post(
+        f"{server.url}/verify",
+        data={"image1": "not a file"},
+        files=[upload(photo(1, 1), "image2")],
+        timeout=60,
+    )
+    assert text.status_code == 422
+    message = text.json()["error"]["message"]
+    assert "UploadFile" not in message and "expected a file" in message
+    big = httpx.post(
+        f"{server.url}/identify", files=[upload(photo(1, 1))], data={"top_k": "1000"}, timeout=60
+    )
+    assert big.status_code == 422 and big.json()["error"]["details"]["field"] == "top_k"

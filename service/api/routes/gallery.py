@@ -129,7 +129,10 @@ async def identify(
     `unknown`; the candidates are listed either way, and are never a match on their own. The
     threshold block says what the threshold means for this gallery (`expected_fpir`)."""
     if top_k > runtime.settings.max_top_k:
-        raise InvalidRequest(f"top_k is at most {runtime.settings.max_top_k}")
+        raise InvalidRequest(
+            f"top_k is at most {runtime.settings.max_top_k}",
+            {"field": "top_k", "max": runtime.settings.max_top_k},
+        )
     if sum(v is not None for v in (threshold, far, fpir)) > 1:
         raise InvalidRequest("give at most one of threshold, far and fpir")
     rule = score_rule or runtime.settings.score_rule
