@@ -9,7 +9,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+# The packages of the `train` extra: a command that needs one on the default (serving)
+# install says which extra to add, in one line.
+TRAIN_EXTRA = ("torch", "onnx", "onnxscript", "matplotlib")
 # Which module adds which subcommands (tests/test_cli.py checks this against the parser).
 COMMANDS: dict[str, tuple[str, ...]] = {
     "service.cli": ("serve", "hash-key"),
@@ -23,8 +27,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facemargin",
         description="Train face-embedding models with margin losses, export them to ONNX "
-        "with their contract, and serve verification and identification over HTTP.",
+        "with their contract, and serve verification and identification over HTTP. The "
+        "default install serves (serve, hash-key, inspect, prepare); train, evaluate, "
+        "compare-stage, backbones and export need the train extra: "
+        "pip install 'facemargin[train]'.",
     )
+    parser.add_argument("--version", action="version", version=f"facemargin {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module, names in COMMANDS.items():
         if command is None or command not in _known() or command in names:
@@ -52,6 +60,12 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on")
     serve.add_argument("--port", type=int, default=8000, help="TCP port")
     serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the gallery lives (FACEMARGIN_DATA_DIR; default ./data, relative to where "
+        "serve starts: the start-up log names the absolute folder)",
+    )
     serve.add_argument(
         "--log-level",
         default="info",
@@ -103,8 +117,13 @@ def log_config(level: str) -> dict:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    import os
+
     import uvicorn
 
+    if args.data_dir is not None:
+        # The app factory reads its settings from the environment (in every worker process).
+        os.environ["FACEMARGIN_DATA_DIR"] = str(args.data_dir.resolve())
     uvicorn.run(
         "service.api.app:create_app",
         factory=True,
@@ -118,15 +137,32 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("facemargin")
+    except PackageNotFoundError:
+        return "(source tree)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    if command == "export":
-        from export.cli import default_target
+    try:
+        if command == "export":
+            from export.cli import default_target
 
-        argv = default_target(argv)
-    args = build_parser(command).parse_args(argv)
-    return int(args.run(args) or 0)
+            argv = default_target(argv)
+        args = build_parser(command).parse_args(argv)
+        return int(args.run(args) or 0)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in TRAIN_EXTRA:
+            raise
+        raise SystemExit(
+            f"facemargin {command}: needs the train extra ({error.name} is not installed): "
+            "pip install 'facemargin[train]' (torch==2.13.0 installs offline here)"
+        ) from None
 
 
 if __name__ == "__main__":

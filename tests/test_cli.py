@@ -68,3 +68,32 @@ def test_a_subcommand_loads_only_its_own_module(argv, loaded, not_loaded):
         f"assert not [m for m in {not_loaded!r} if m in sys.modules], sorted(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "works"),
+    [
+        (["train", "--data", ".", "--out", "x"], False),
+        (["evaluate", "x.pt"], False),
+        (["--version"], True),
+        (["prepare", "--help"], True),
+        (["inspect", "--help"], True),
+    ],
+)
+def test_the_serving_install_says_which_commands_need_the_train_extra(argv, works, tmp_path):
+    """Without torch (the default install), a training command ends in one line naming the
+    extra, never a traceback; serving-side commands and --version work."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # what an install without torch looks like
+        "from service.cli import main\n"
+        f"sys.exit(main({argv!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
+    if works:
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode != 0 and "Traceback" not in done.stderr
+        assert done.stderr.strip().count("\n") == 0
+        assert "pip install 'facemargin[train]'" in done.stderr

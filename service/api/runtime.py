@@ -181,6 +181,18 @@ async def start_runtime(settings: Settings) -> Runtime:
         gallery_error=gallery_error,
     )
     runtime.refresh_gallery_metrics()
+    log.info(
+        "facemargin ready to serve: data %s, store %s, model %s (%s, %d-d), detector %s, "
+        "device %s, API keys %s",
+        settings.data_dir.resolve(),
+        _redacted(settings.gallery_url),
+        embedder.contract.model_id,
+        embedder.contract.backbone,
+        embedder.contract.embedding_dim,
+        settings.detector.value,
+        embedder.providers[0],
+        "on" if keys.enabled else "off (every request is served)",
+    )
     if isinstance(gallery_error, NotReady):
         runtime.reopen = asyncio.get_running_loop().create_task(_reopen_gallery(runtime))
     return runtime

@@ -511,3 +511,45 @@ def test_field_errors_speak_http_not_python(server):
         f"{server.url}/identify", files=[upload(photo(1, 1))], data={"top_k": "1000"}, timeout=60
     )
     assert big.status_code == 422 and big.json()["error"]["details"]["field"] == "top_k"
+
+
+def test_serve_data_dir_and_the_start_up_line_say_where_the_gallery_lives(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.e2e.conftest import free_port
+
+    port, log = free_port(), tmp_path / "serve.log"
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("FACEMARGIN_DATA_DIR", None)
+    argv = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*argv, "--data-dir", "galleries/main", "--log-level", "info"],
+            cwd=where,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                assert process.poll() is None, log.read_text()
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+    gallery = where / "galleries" / "main"
+    assert (gallery / "gallery.db").is_file()
+    (line,) = [x for x in log.read_text().splitlines() if "ready to serve" in x]
+    assert str(gallery.resolve()) in line and "API keys off" in line
+    assert "face-reidentification-retail-0095" in line and "detector yunet" in line
