@@ -37,6 +37,9 @@ from service.vision.errors import (
 
 router = APIRouter(tags=["gallery"], dependencies=[Depends(authorize), Depends(no_unknown_fields)])
 SubjectId = Annotated[str, Path(pattern=SUBJECT_ID_PATTERN, description="Your id for the person.")]
+# Template ids are the store's 64-bit row ids (SQLite INTEGER, PostgreSQL BIGINT): anything
+# wider is refused as a 422 before it reaches a database driver that cannot bind it.
+TemplateId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The template's id.")]
 MAX_METADATA_BYTES = 4096
 
 
@@ -232,7 +235,9 @@ async def delete_subject(subject_id: SubjectId, runtime: RuntimeDep) -> Deleted:
 
 
 @router.delete("/subjects/{subject_id}/templates/{template_id}", response_model=Deleted)
-async def delete_template(subject_id: SubjectId, template_id: int, runtime: RuntimeDep) -> Deleted:
+async def delete_template(
+    subject_id: SubjectId, template_id: TemplateId, runtime: RuntimeDep
+) -> Deleted:
     gallery = runtime.require_gallery()
     await runtime.pipeline.run("store", gallery.delete_template, subject_id, template_id)
     return Deleted(subject_id=subject_id, templates_removed=1)
