@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 import uuid
@@ -52,15 +51,13 @@ def error_response(
     code: str,
     message: str,
     details: dict | None = None,
-    retry_after: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """The error envelope; `retry_after` (seconds) becomes a Retry-After header, in whole
-    seconds, at least 1."""
     request_id = _request_id(scope)
     body = {"error": {"code": code, "message": message, "details": details or {}}}
-    headers = {"X-Request-ID": request_id} if request_id else {}
-    if retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    headers = dict(headers or {})
+    if request_id:
+        headers["X-Request-ID"] = request_id
     return JSONResponse(
         status_code=status, content=body | {"request_id": request_id}, headers=headers
     )
@@ -211,7 +208,7 @@ class ShedBeforeBody:
                     refusal.code,
                     refusal.message,
                     refusal.details,
-                    refusal.retry_after,
+                    refusal.headers(),
                 )
                 await response(scope, receive, send)
                 return
@@ -250,7 +247,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             error.code,
             error.message,
             error.details,
-            getattr(error, "retry_after", None),
+            error.headers(),
         )
 
     @app.exception_handler(HTTPException)

@@ -6,6 +6,8 @@ layer, `facemargin prepare`) can report a clear reason and never a traceback.
 
 from __future__ import annotations
 
+import math
+
 
 class FaceMarginError(Exception):
     """Base of every expected, user-facing failure."""
@@ -17,6 +19,10 @@ class FaceMarginError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details or {}
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer must carry (Retry-After, WWW-Authenticate)."""
+        return {}
 
     def about(self, field: str) -> FaceMarginError:
         """This error, naming the request field it concerns (a verify request has two
@@ -81,6 +87,16 @@ class LowQuality(FaceMarginError):
 class Unauthorized(FaceMarginError):
     code = "unauthorized"
     http_status = 401
+    # RFC 9110 requires a 401 to name the scheme it accepts. An API key in a header has no
+    # registered scheme; this names ours and the header it travels in.
+    challenge = 'ApiKey realm="facemargin", header="X-API-Key"'
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.challenge}
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 class RateLimited(FaceMarginError):
@@ -90,6 +106,9 @@ class RateLimited(FaceMarginError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message, {"retry_after_s": round(retry_after, 3)})
         self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return _retry_after(self.retry_after)
 
 
 class NotReady(FaceMarginError):
@@ -105,6 +124,9 @@ class Overloaded(FaceMarginError):
         """`retry_after`: seconds until the work queued now has likely drained."""
         super().__init__(message, details | {"retry_after_s": round(retry_after, 3)})
         self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return _retry_after(self.retry_after)
 
 
 class InvalidRequest(FaceMarginError):

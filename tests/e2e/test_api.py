@@ -314,6 +314,9 @@ def test_api_keys_and_rate_limits(tmp_path):
         assert httpx.get(f"{server.url}/subjects").json()["error"]["code"] == "unauthorized"
         wrong = httpx.get(f"{server.url}/subjects", headers={"X-API-Key": "guess"})
         assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "unauthorized")
+        # RFC 9110: a 401 names the scheme it accepts, and here the header it travels in.
+        challenge = wrong.headers["www-authenticate"]
+        assert challenge.startswith("ApiKey ") and 'header="X-API-Key"' in challenge
         headers = {"X-API-Key": "s3cret-key"}
         codes = [httpx.get(f"{server.url}/subjects", headers=headers).status_code for _ in range(5)]
         assert codes[:3] == [200, 200, 200] and codes[3] == 429
