@@ -230,13 +230,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="facemargin",
         summary="Face verification and open-set identification with calibrated thresholds.",
-        description="Faces are detected (MTCNN), aligned to the ArcFace template and embedded "
-        "by the model in /info. Thresholds come from the model's own calibration at a named "
-        "false-accept rate. Every error is one JSON envelope: "
+        description="Faces are detected (YuNet by default), aligned to the served model's "
+        "template and embedded by the model in /info. Thresholds come from the model's own "
+        "calibration at a named false-accept rate (identify: a false-positive identification "
+        "rate). Every error is one JSON envelope: "
         '`{"error": {"code", "message", "details"}, "request_id"}`.',
         version=package_version(),
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        # With API keys on, the API's map is not handed to anyone who asks (public_docs).
+        **(
+            {}
+            if settings.docs_served
+            else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+        ),
     )
 
     @app.exception_handler(FaceMarginError)

@@ -179,11 +179,21 @@ class Settings(BaseSettings):
         default="",
         description="Comma-separated NAME:SHA256 pairs (hex digest of the key); empty: no auth.",
     )
+    public_docs: bool | None = Field(
+        default=None,
+        description="Serve /docs, /redoc and /openapi.json without a key. Default: yes when no "
+        "API keys are configured; when keys are on they are off (404) unless this is true, "
+        "since the document maps the whole attack surface.",
+    )
     rate_limit_per_minute: int = Field(
         default=0, ge=0, description="Requests per minute per API key; 0: no limit."
     )
     max_top_k: int = Field(default=100, ge=1, description="Largest top_k an identify may ask.")
     max_images_per_enroll: int = Field(default=20, ge=1)
+
+    @property
+    def docs_served(self) -> bool:
+        return self.public_docs if self.public_docs is not None else not self.api_keys.strip()
 
     @property
     def gallery_url(self) -> str:

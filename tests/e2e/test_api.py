@@ -324,6 +324,11 @@ def test_api_keys_and_rate_limits(tmp_path):
         assert int(limited.headers["retry-after"]) >= 1
         assert limited.json()["error"]["code"] == "rate_limited"
         assert httpx.get(f"{server.url}/health").status_code == 200  # probes need no key
+        # With keys on, the API's map is not public unless FACEMARGIN_PUBLIC_DOCS says so.
+        assert httpx.get(f"{server.url}/openapi.json").status_code == 404
+        assert httpx.get(f"{server.url}/docs").status_code == 404
+    with running(env | {"FACEMARGIN_PUBLIC_DOCS": "true"}) as server:
+        assert httpx.get(f"{server.url}/openapi.json").status_code == 200
 
 
 def test_a_full_server_sheds_load_at_once(tmp_path):
