@@ -18,8 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.routes import faces, gallery, operations
 from service.api.routes.operations import package_version
-from service.api.runtime import start_runtime, stop_runtime
+from service.api.runtime import Runtime, start_runtime, stop_runtime
 from service.api.schemas import ErrorResponse
+from service.api.security import API_KEY_HEADER
 from service.api.settings import Settings, get_settings
 from service.vision.errors import FaceMarginError, ImageTooLarge
 
@@ -184,14 +185,20 @@ class BodySizeLimit:
             await refusal(scope, receive, send)
 
 
-class ShedBeforeBody:
-    """Refuse an upload (every POST) with 503 from its headers while the server is full.
+# Paths served to anyone: liveness and readiness probes, the metrics scrape.
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
-    The route's own check would refuse only after the whole body had arrived and been parsed
-    on the event loop; refused here, the body is never read, so an overloaded server spends
-    nothing on uploads it will not serve. The route's check still grants the slots, so a
-    request that passes here can be refused there, never the other way round; a slow
-    uploader holds no slot while it trickles (its slot is taken after its body)."""
+
+class RefuseBeforeBody:
+    """Refusals decided from the request line and headers, before any body byte is read: a
+    missing or wrong API key (401), a spent rate limit (429), and an upload (every POST) while
+    the server is full (503).
+
+    Refused here, a body is never read, so an unauthenticated or overloaded upload costs
+    nothing, however large it says it is. The route's own checks still run (its slot is
+    granted there, so a request that passes here can be refused there, never the other way
+    round; a slow uploader holds no slot while it trickles)."""
 
     def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
         self.app = app
@@ -199,8 +206,8 @@ class ShedBeforeBody:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = getattr(self.fastapi_app.state, "runtime", None)
-        if scope["type"] == "http" and scope["method"] == "POST" and runtime is not None:
-            refusal = runtime.shed()
+        if scope["type"] == "http" and runtime is not None:
+            refusal = self._refusal(scope, runtime)
             if refusal is not None:
                 response = error_response(
                     scope,
@@ -213,6 +220,22 @@ class ShedBeforeBody:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope, runtime: Runtime) -> FaceMarginError | None:
+        path = scope["path"]
+        public = path in OPEN_PATHS or (path in DOCS_PATHS and runtime.settings.docs_served)
+        if not public and runtime.keys.enabled:
+            presented = None
+            for name, value in scope["headers"]:
+                if name == API_KEY_HEADER.lower().encode("latin-1"):
+                    presented = value.decode("latin-1")
+            try:
+                runtime.limiter.check(runtime.keys.identify(presented))
+            except FaceMarginError as error:
+                return error
+        if scope["method"] == "POST":
+            return runtime.shed()
+        return None
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -290,7 +313,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(faces.router)
     app.include_router(gallery.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(ShedBeforeBody, fastapi_app=app)
+    app.add_middleware(RefuseBeforeBody, fastapi_app=app)
     app.add_middleware(RequestContext, fastapi_app=app)
     return app
 

@@ -325,10 +325,16 @@ def test_api_keys_and_rate_limits(tmp_path):
         assert limited.json()["error"]["code"] == "rate_limited"
         assert httpx.get(f"{server.url}/health").status_code == 200  # probes need no key
         # With keys on, the API's map is not public unless FACEMARGIN_PUBLIC_DOCS says so.
-        assert httpx.get(f"{server.url}/openapi.json").status_code == 404
-        assert httpx.get(f"{server.url}/docs").status_code == 404
+        # (without a key, nothing but the open paths answers anything but 401).
+        assert httpx.get(f"{server.url}/openapi.json").status_code == 401
+        assert httpx.get(f"{server.url}/docs").status_code == 401
     with running(env | {"FACEMARGIN_PUBLIC_DOCS": "true"}) as server:
         assert httpx.get(f"{server.url}/openapi.json").status_code == 200
+    with running(
+        gallery_env(tmp_path / "b") | {"FACEMARGIN_API_KEYS": env["FACEMARGIN_API_KEYS"]}
+    ) as server:
+        headers = {"X-API-Key": "s3cret-key"}
+        assert httpx.get(f"{server.url}/openapi.json", headers=headers).status_code == 404
 
 
 def test_a_full_server_sheds_load_at_once(tmp_path):
@@ -561,3 +567,30 @@ def test_serve_data_dir_and_the_start_up_line_say_where_the_gallery_lives(tmp_pa
     (line,) = [x for x in log.read_text().splitlines() if "ready to serve" in x]
     assert str(gallery.resolve()) in line and "API keys off" in line
     assert "face-reidentification-retail-0095" in line and "detector yunet" in line
+
+
+def test_an_unauthenticated_upload_is_refused_before_its_body(tmp_path):
+    """With keys on, a request announcing a 10 MB body and sending only its start gets its
+    401 at once: nothing waits for (or reads) the body of a client without a key."""
+    from service.api.security import hash_key
+
+    env = gallery_env(tmp_path) | {"FACEMARGIN_API_KEYS": f"alice:{hash_key('s3cret-key')}"}
+    with running(env) as server:
+        for key in (b"", b"X-API-Key: guess\r\n"):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+                conn.sendall(
+                    b"POST /identify HTTP/1.1\r\nHost: test\r\n"
+                    + key
+                    + b"Content-Type: multipart/form-data; boundary=b\r\n"
+                    b"Content-Length: 10000000\r\n\r\n--b\r\n"
+                )
+                reply = b""
+                while b"unauthorized" not in reply:
+                    chunk = conn.recv(65536)  # a timeout here: the server waited for the body
+                    assert chunk, reply
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
+        # The key still opens the routes, and the open paths stay open.
+        ok = httpx.get(f"{server.url}/subjects", headers={"X-API-Key": "s3cret-key"})
+        assert ok.status_code == 200
+        assert httpx.get(f"{server.url}/ready").status_code == 200

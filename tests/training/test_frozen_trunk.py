@@ -115,7 +115,7 @@ def test_objective_files_hold_only_an_objective(tmp_path):
     with pytest.raises(ValueError, match="only head"):
         read_objective(objective_file(tmp_path, 'head = "cosface"\nlr = 0.1\n'))
     published = sorted((PUBLISHED / "configs").glob("*.toml"))
-    assert len(published) == 13  # the reference and the twelve objectives of losses.md
+    assert len(published) == 15  # the reference, the twelve of losses.md, two slow anneals
     for path in published:
         read_objective(path)
 

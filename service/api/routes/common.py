@@ -24,10 +24,10 @@ async def authorize(
         str | None, Header(alias=API_KEY_HEADER, description="Needed when keys are configured.")
     ] = None,
 ) -> str:
-    """The caller's key name, after the key and its rate limit are checked."""
-    name = runtime.keys.identify(api_key)
-    runtime.limiter.check(name)
-    return name
+    """The caller's key name. The key and its rate limit were checked from the headers
+    before the body was read (app.py, RefuseBeforeBody); this declares the header in the API
+    document, and refuses again should a route ever be served without that middleware."""
+    return runtime.keys.identify(api_key)
 
 
 async def multipart_body(request: Request) -> None:
