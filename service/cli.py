@@ -124,9 +124,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.data_dir is not None:
         # The app factory reads its settings from the environment (in every worker process).
         os.environ["FACEMARGIN_DATA_DIR"] = str(args.data_dir.resolve())
+    from service.api.connections import HeaderDeadline
+
     uvicorn.run(
         "service.api.app:create_app",
         factory=True,
+        http=HeaderDeadline,
         host=args.host,
         port=args.port,
         workers=args.workers,

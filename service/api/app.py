@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -32,6 +33,7 @@ _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
@@ -122,26 +124,34 @@ class RequestContext:
                 runtime.metrics.latency.labels(name).observe(elapsed)
 
 
-class BodySizeLimit:
-    """Refuse bodies over the cap with 413 before the app reads them.
+class BodyTooSlow(FaceMarginError):
+    code = "request_timeout"
+    http_status = 408
 
-    Checks Content-Length up front and counts bytes as they stream, so a chunked upload that
-    omits its length is cut off too. FastAPI turns any exception raised while it parses a form
-    into its own 400, so when the streaming cap trips we replace whatever response follows
-    with the 413.
+
+class BodyLimits:
+    """Refuse bodies over the size cap (413) and bodies that arrive too slowly (408), before
+    or while the app reads them.
+
+    Size: Content-Length is checked up front and bytes are counted as they stream, so a chunked
+    upload that omits its length is cut off too. Time: the whole body must arrive within
+    `grace_s` plus its declared length at `min_rate` bytes a second, so a client trickling a
+    few bytes a second is cut off instead of holding its socket and buffers for ever, while
+    a large photo on a slow link still gets the time it needs. FastAPI turns any exception
+    raised while it parses a form into its own 400, so when a limit trips we replace whatever
+    response follows with the refusal; the server then closes the connection, whose body was
+    never read to its end.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, grace_s: float, min_rate: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.grace_s = grace_s
+        self.min_rate = min_rate
 
-    def refusal(self, scope: Scope) -> JSONResponse:
-        return error_response(
-            scope,
-            413,
-            ImageTooLarge.code,
-            f"request body is over {self.max_bytes} bytes",
-            {"max_bytes": self.max_bytes},
+    def too_large(self) -> ImageTooLarge:
+        return ImageTooLarge(
+            f"request body is over {self.max_bytes} bytes", {"max_bytes": self.max_bytes}
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -149,40 +159,71 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self.refusal(scope)(scope, receive, send)
+        length = int(declared) if declared is not None and declared.isdigit() else 0
+        if length > self.max_bytes:
+            await _refusal(scope, self.too_large())(scope, receive, send)
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_s + length / self.min_rate
         received = 0
-        tripped = False
+        complete = False
+        tripped: FaceMarginError | None = None
         started = False
-        refusal = self.refusal(scope)
 
-        async def counted() -> Message:
-            nonlocal received, tripped
-            message = await receive()
+        async def limited() -> Message:
+            nonlocal received, tripped, complete
+            if complete:  # after the body: waiting for a disconnect has no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                tripped = BodyTooSlow(
+                    f"the request body did not arrive in time ({received:,} of "
+                    f"{length:,} bytes after {self.grace_s + length / self.min_rate:.0f} s)",
+                    {"received_bytes": received, "declared_bytes": length},
+                )
+                raise tripped from None
             received += len(message.get("body", b""))
+            complete = message["type"] != "http.request" or not message.get("more_body")
             if received > self.max_bytes:
-                tripped = True
-                raise ImageTooLarge(f"request body is over {self.max_bytes} bytes")
+                tripped = self.too_large()
+                raise tripped
             return message
 
         async def guarded(message: Message) -> None:
             nonlocal started
-            if not tripped:
+            if tripped is None:
                 started = started or message["type"] == "http.response.start"
                 await send(message)
-            elif message["type"] == "http.response.start":
+                return
+            refusal = _refusal(scope, tripped, close=True)
+            if message["type"] == "http.response.start":
                 started = True
-                await send({"type": message["type"], "status": 413, "headers": refusal.raw_headers})
+                await send(
+                    {
+                        "type": message["type"],
+                        "status": tripped.http_status,
+                        "headers": refusal.raw_headers,
+                    }
+                )
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 await send({"type": message["type"], "body": refusal.body})
 
         try:
-            await self.app(scope, counted, guarded)
-        except ImageTooLarge:
-            if started:
+            await self.app(scope, limited, guarded)
+        except (ImageTooLarge, BodyTooSlow):
+            if started or tripped is None:
                 raise
-            await refusal(scope, receive, send)
+            await _refusal(scope, tripped, close=True)(scope, receive, send)
+
+
+def _refusal(scope: Scope, error: FaceMarginError, close: bool = False) -> JSONResponse:
+    """The error's answer; `close`: the body was not read to its end, so the connection
+    cannot carry another request and the server closes it."""
+    headers = error.headers() | ({"Connection": "close"} if close else {})
+    return error_response(
+        scope, error.http_status, error.code, error.message, error.details, headers
+    )
 
 
 # Paths served to anyone: liveness and readiness probes, the metrics scrape.
@@ -312,7 +353,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(operations.router)
     app.include_router(faces.router)
     app.include_router(gallery.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_body_bytes,
+        grace_s=settings.body_grace_s,
+        min_rate=settings.min_body_bytes_per_s,
+    )
     app.add_middleware(RefuseBeforeBody, fastapi_app=app)
     app.add_middleware(RequestContext, fastapi_app=app)
     return app

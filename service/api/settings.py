@@ -32,6 +32,24 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest request body, enforced while it streams in.",
     )
+    body_grace_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request body must arrive within this many seconds plus its length at "
+        "min_body_bytes_per_s; slower, it is refused with 408 and the connection closed.",
+    )
+    min_body_bytes_per_s: float = Field(
+        default=50_000.0,
+        gt=0,
+        description="The slowest upload rate served (bytes/s) past body_grace_s.",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection must deliver a request's headers within this many seconds "
+        "of opening (or of its previous response); slower, it is closed. Applies under "
+        "`facemargin serve`.",
+    )
     max_image_pixels: int = Field(
         default=MAX_IMAGE_PIXELS,
         gt=0,

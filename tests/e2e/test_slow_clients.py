@@ -80,3 +80,49 @@ def test_trickling_uploads_do_not_starve_normal_requests(server):
         f"{alive}/{SLOW_CLIENTS} slow uploads still open; verify {baseline:.3f} s alone, "
         f"slowest {slowest:.3f} s beside them"
     )
+
+
+def _closed_within(sock: socket.socket, seconds: float, drip: bytes) -> tuple[bool, bytes]:
+    """Drip a byte every 0.3 s until the server closes the socket or `seconds` pass; returns
+    (closed, what the server sent)."""
+    sock.settimeout(0.3)
+    reply, deadline = b"", time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return True, reply
+            reply += chunk
+        except TimeoutError:
+            pass
+        except OSError:
+            return True, reply
+        try:
+            sock.send(drip)
+        except OSError:
+            return True, reply
+    return False, reply
+
+
+def test_slow_headers_and_slow_bodies_are_cut_off_while_a_normal_client_is_served(tmp_path):
+    from tests.e2e.conftest import gallery_env, running
+
+    env = gallery_env(tmp_path) | {
+        "FACEMARGIN_HEADER_TIMEOUT_S": "2",
+        "FACEMARGIN_BODY_GRACE_S": "2",
+        "FACEMARGIN_MIN_BODY_BYTES_PER_S": "100000",
+    }
+    with running(env) as server:
+        slow_headers = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        slow_headers.sendall(b"POST /verify HTTP/1.1\r\nHo")
+        slow_body = open_slow_upload(server.port)  # 1 MB announced: 2 s + 10 s allowed
+        start = time.monotonic()
+        assert verify(server.url)[0] == 200  # a normal client meanwhile
+        closed, _ = _closed_within(slow_headers, 8, b"x")
+        assert closed and time.monotonic() - start < 8
+        closed, reply = _closed_within(slow_body, 25, b"\0")
+        assert closed and reply.startswith(b"HTTP/1.1 408"), reply[:300]
+        assert b"request_timeout" in reply
+        slow_headers.close()
+        slow_body.close()
+        assert verify(server.url)[0] == 200
