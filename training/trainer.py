@@ -380,16 +380,17 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        self._pull_to_start()
         nn.utils.clip_grad_norm_(self.backbone.parameters(), self.config.grad_clip)
+        self._pull_to_start()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         correct = int((logits.argmax(1) == labels).sum()) if logits is not None else None
         return float(loss.detach()), correct
 
     def _pull_to_start(self) -> None:
-        """The gradient of L2-SP's (l2sp / 2)·||w - w_start||², added after unscaling so
-        mixed precision does not scale it."""
+        """The gradient of L2-SP's (l2sp / 2)·||w - w_start||², added after unscaling and
+        clipping, as SGD adds its weight decay: clipped with a large loss gradient, the pull
+        would vanish exactly when the network moves most."""
         if not self.config.l2sp or self.start is None:
             return
         with torch.no_grad():

@@ -109,11 +109,13 @@ def test_l2sp_needs_a_start_to_pull_towards(omz_faces, tmp_path):
 def test_l2sp_holds_the_network_nearer_its_start_and_resumes_with_the_same_start(
     omz_faces, tmp_path
 ):
-    free = Trainer(config(omz_faces, tmp_path / "free", val_pairs=0))
+    # Four steps (two epochs of this subset): the pull acts from the second step on, once
+    # there is a distance to pull back.
+    free = Trainer(config(omz_faces, tmp_path / "free", val_pairs=0, epochs=2))
     assert free.drift() == 0.0
-    free.fit(stop_after_steps=2)
-    held = Trainer(config(omz_faces, tmp_path / "held", val_pairs=0, l2sp=50.0))
-    held.fit(stop_after_steps=2)
+    free.fit(stop_after_steps=4)
+    held = Trainer(config(omz_faces, tmp_path / "held", val_pairs=0, epochs=2, l2sp=50.0))
+    held.fit(stop_after_steps=4)
     # Same data, seed and steps: only the pull differs, and the backbone's decay towards zero
     # is off under it.
     assert 0 < held.drift() < 0.8 * free.drift()
@@ -122,5 +124,5 @@ def test_l2sp_holds_the_network_nearer_its_start_and_resumes_with_the_same_start
     logged = [r for r in records(tmp_path / "held") if r["kind"] == "train"]
     assert logged == [] or "drift" in logged[-1]
     # The start comes back from the checkpoint, not from the resumed weights.
-    resumed = Trainer(config(omz_faces, tmp_path / "held", val_pairs=0, l2sp=50.0))
+    resumed = Trainer(config(omz_faces, tmp_path / "held", val_pairs=0, epochs=2, l2sp=50.0))
     assert resumed.drift() == pytest.approx(held.drift(), rel=1e-6)
