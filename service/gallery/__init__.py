@@ -13,17 +13,10 @@
 * rwlock.py: the readers-writer lock between searches and index changes.
 """
 
-from service.gallery.gallery import (
-    Candidate,
-    Gallery,
-    GalleryError,
-    GalleryStats,
-    MatchRule,
-    ModelMismatch,
-    NewTemplate,
-    SubjectNotFound,
-    TemplateNotFound,
-)
+from service.gallery.errors import GalleryError, ModelMismatch, SubjectNotFound, TemplateNotFound
+from service.gallery.gallery import Gallery, GalleryStats
+from service.gallery.ranking import Candidate, MatchRule
+from service.gallery.records import NewTemplate
 
 __all__ = [
     "Candidate",

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from service.gallery import snapshot
-from service.gallery.errors import GalleryError, ModelMismatch, SubjectNotFound, TemplateNotFound
 from service.gallery.index import IndexKind, VectorIndex
 from service.gallery.ranking import Candidate, MatchRule, rank
 from service.gallery.records import NewTemplate, SubjectDetail, SubjectPage, WriteResult
@@ -40,18 +39,6 @@ from service.gallery.replication import SyncThread, replay
 from service.gallery.rwlock import ReadWriteLock
 from service.gallery.state import IndexState
 from service.gallery.store import Store
-
-__all__ = [
-    "Candidate",
-    "Gallery",
-    "GalleryError",
-    "GalleryStats",
-    "MatchRule",
-    "ModelMismatch",
-    "NewTemplate",
-    "SubjectNotFound",
-    "TemplateNotFound",
-]
 
 log = logging.getLogger(__name__)
 
