@@ -18,6 +18,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.routes import faces, gallery, operations
+from service.api.routes.docs import ASSETS_URL, mount_docs
 from service.api.routes.operations import package_version
 from service.api.runtime import Runtime, start_runtime, stop_runtime
 from service.api.schemas import ErrorResponse
@@ -231,6 +232,10 @@ OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 
+def _is_docs(path: str) -> bool:
+    return path in DOCS_PATHS or path.startswith(f"{ASSETS_URL}/")
+
+
 class RefuseBeforeBody:
     """Refusals decided from the request line and headers, before any body byte is read: a
     missing or wrong API key (401), a spent rate limit (429), and an upload (every POST) while
@@ -264,7 +269,7 @@ class RefuseBeforeBody:
 
     def _refusal(self, scope: Scope, runtime: Runtime) -> FaceMarginError | None:
         path = scope["path"]
-        public = path in OPEN_PATHS or (path in DOCS_PATHS and runtime.settings.docs_served)
+        public = path in OPEN_PATHS or (_is_docs(path) and runtime.settings.docs_served)
         if not public and runtime.keys.enabled:
             presented = None
             for name, value in scope["headers"]:
@@ -302,13 +307,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=package_version(),
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
-        # With API keys on, the API's map is not handed to anyone who asks (public_docs).
-        **(
-            {}
-            if settings.docs_served
-            else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-        ),
+        # The pages are ours (served offline, below); with API keys on, the API's map is not
+        # handed to anyone who asks (public_docs).
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs_served else None,
     )
+    if settings.docs_served:
+        mount_docs(app)
 
     @app.exception_handler(FaceMarginError)
     async def expected_error(request: Request, error: FaceMarginError) -> JSONResponse:
