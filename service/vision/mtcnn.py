@@ -35,6 +35,9 @@ class MtcnnConfig:
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
+    # The pyramid's scales and the candidate counts make a new input shape per photo; a
+    # memory plan per shape only grows (as for YuNet and the embedder).
+    options.enable_mem_pattern = False
     if threads > 0:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

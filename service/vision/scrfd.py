@@ -182,6 +182,7 @@ class ScrfdDetector:
         # InsightFace's files declare the anchor counts of a 640x640 input even where the
         # input is dynamic, so onnxruntime would warn on every run at any other size.
         options.log_severity_level = 3
+        options.enable_mem_pattern = False  # an input shape per photo (as for YuNet)
         if threads > 0:
             options.intra_op_num_threads = threads
         self._session = ort.InferenceSession(

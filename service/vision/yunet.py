@@ -106,6 +106,8 @@ class YunetDetector:
                 f"need 32 <= max_side and 0 <= min_side <= max_side, got {max_side}, {min_side}"
             )
         options = ort.SessionOptions()
+        # Every photo's aspect gives another input shape; a memory plan per shape only grows.
+        options.enable_mem_pattern = False
         if threads > 0:
             options.intra_op_num_threads = threads
         self._session = ort.InferenceSession(
