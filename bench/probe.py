@@ -94,6 +94,7 @@ def main() -> None:
                 b"POST /verify HTTP/1.1\r\nHost: x\r\nX-API-Key: "
                 + KEY.encode()
                 + b"\r\nContent-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n"
+                + b'--b\r\nContent-Disposition: form-data; name="image1"; filename="a.jpg"\r\n\r\n'
             ] * 50
             threads = [
                 threading.Thread(target=trickle, args=(port, stop, closed, start, h), daemon=True)
