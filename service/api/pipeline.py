@@ -67,6 +67,8 @@ class FacePipeline:
         self.settings, self.detector, self.embedder = settings, detector, embedder
         self.metrics, self.pool = metrics, pool
         self.queue_delay = QueueDelay()
+        # Requests between upload and embedder: while none is, a batch has no one to wait for.
+        self.detecting = 0
 
         def observe(size: int, seconds: float) -> None:
             metrics.batch_size.observe(size)
@@ -78,6 +80,7 @@ class FacePipeline:
             settings.batch_max_wait_ms / 1e3,
             observe,
             run_model=lambda model, faces: self.run(None, model, faces),
+            company_expected=lambda: self.detecting > 0,
         )
 
     @property
@@ -123,20 +126,24 @@ class FacePipeline:
     async def faces(self, upload: UploadFile, policy: FacePolicy, what: str) -> PhotoFaces:
         """The photo's faces chosen by `policy`, aligned to the served model's template;
         `what` names the upload in errors (image1, images[2])."""
-        data = await self.read(upload, what)
         s = self.settings
-        photo = await self.run(
-            None,  # read_faces times decode and detect itself
-            read_faces,
-            data,
-            self.detector,
-            self.template,
-            policy,
-            s.max_image_bytes,
-            s.max_image_pixels,
-            s.min_face_px,
-            what,
-        )
+        self.detecting += 1
+        try:
+            data = await self.read(upload, what)
+            photo = await self.run(
+                None,  # read_faces times decode and detect itself
+                read_faces,
+                data,
+                self.detector,
+                self.template,
+                policy,
+                s.max_image_bytes,
+                s.max_image_pixels,
+                s.min_face_px,
+                what,
+            )
+        finally:
+            self.detecting -= 1
         self.metrics.stage.labels("decode").observe(photo.decode_s)
         self.metrics.stage.labels("detect").observe(photo.detect_s)
         return photo

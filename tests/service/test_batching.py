@@ -85,6 +85,55 @@ def test_a_lone_request_is_not_held_for_company(embedder, faces):
     assert asyncio.run(scenario()) < compute + 0.02 + 0.05  # the wait bound, plus scheduling
 
 
+def test_no_wait_at_all_when_no_other_request_is_on_its_way(embedder, faces):
+    """With nothing else decoding or detecting, a batch cannot gain company: even a long
+    window is not waited out (the service passes `detecting > 0`)."""
+
+    async def scenario(expected: bool) -> float:
+        batcher = MicroBatcher(
+            embedder, max_size=32, max_wait_s=0.5, company_expected=lambda: expected
+        )
+        batcher.start()
+        try:
+            await batcher.embed(faces[:1])
+            start = time.perf_counter()
+            await batcher.embed(faces[:1])
+            return time.perf_counter() - start
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(scenario(expected=False)) < 0.2
+    assert asyncio.run(scenario(expected=True)) >= 0.45  # company may come: the window holds
+
+
+def test_a_request_still_detecting_joins_the_batch(embedder, faces):
+    sizes: list[int] = []
+    detecting = [1]
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(
+            embedder,
+            max_size=32,
+            max_wait_s=0.5,
+            observe=lambda n, _: sizes.append(n),
+            company_expected=lambda: detecting[0] > 0,
+        )
+        batcher.start()
+
+        async def late() -> None:
+            await asyncio.sleep(0.05)  # "detection" ends, then it embeds
+            detecting[0] = 0
+            await batcher.embed(faces[1:2])
+
+        try:
+            await asyncio.gather(batcher.embed(faces[:1]), late())
+        finally:
+            await batcher.stop()
+
+    asyncio.run(scenario())
+    assert sizes == [2]
+
+
 def _timed(function) -> float:
     start = time.perf_counter()
     function()
