@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.routes import faces, gallery, operations
 from service.api.routes.docs import ASSETS_URL, mount_docs
 from service.api.routes.operations import package_version
+from service.api.routes.ui import is_ui, mount_ui
 from service.api.runtime import Runtime, start_runtime, stop_runtime
 from service.api.schemas import ErrorResponse
 from service.api.security import API_KEY_HEADER
@@ -269,7 +270,12 @@ class RefuseBeforeBody:
 
     def _refusal(self, scope: Scope, runtime: Runtime) -> FaceMarginError | None:
         path = scope["path"]
-        public = path in OPEN_PATHS or (_is_docs(path) and runtime.settings.docs_served)
+        # The web page's files hold no secret: its API calls carry the key the user typed.
+        public = (
+            path in OPEN_PATHS
+            or is_ui(path)
+            or (_is_docs(path) and runtime.settings.docs_served)
+        )
         if not public and runtime.keys.enabled:
             presented = None
             for name, value in scope["headers"]:
@@ -359,6 +365,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(operations.router)
     app.include_router(faces.router)
     app.include_router(gallery.router)
+    mount_ui(app)
     app.add_middleware(
         BodyLimits,
         max_bytes=settings.max_body_bytes,
