@@ -272,9 +272,7 @@ class RefuseBeforeBody:
         path = scope["path"]
         # The web page's files hold no secret: its API calls carry the key the user typed.
         public = (
-            path in OPEN_PATHS
-            or is_ui(path)
-            or (_is_docs(path) and runtime.settings.docs_served)
+            path in OPEN_PATHS or is_ui(path) or (_is_docs(path) and runtime.settings.docs_served)
         )
         if not public and runtime.keys.enabled:
             presented = None
