@@ -60,10 +60,7 @@ def in_process(data: list[bytes], rounds: int) -> float:
     )
 
     def one(photo: bytes) -> None:
-        found = read_faces(
-            photo, detector, embedder.template, FacePolicy.largest,
-            s.max_image_bytes, s.max_image_pixels, s.min_face_px, "image",
-        )  # fmt: skip
+        found = read_faces(photo, detector, embedder.template, FacePolicy.largest, s.photo_limits())
         embedder.embed(stack(found.faces, embedder.template))
 
     for photo in data[:10]:

@@ -78,9 +78,7 @@ def facemargin_side(model: Path) -> tuple[str, int, callable]:
                 detector,
                 embedder.template,
                 FacePolicy.largest,
-                settings.max_image_bytes,
-                settings.max_image_pixels,
-                settings.min_face_px,
+                settings.photo_limits(),
             )
         except FaceMarginError:
             return None

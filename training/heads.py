@@ -389,7 +389,13 @@ class SphereFaceHead(AnnealedPsiHead):
 
 
 class NormalisedHead(Head):
-    """Unit weights and unit embeddings: logits ``s cos θ_j``, target ``s · margin(cos θ_y)``."""
+    """Unit weights and unit embeddings: logits ``s cos θ_j``, target ``s · margin(cos θ_y)``.
+
+    As in InsightFace's arcface_torch, the classifier (the weight, giving cosines) and the
+    margin (acting on cosine logits) are separate steps: `margin_logits` takes any (N, C)
+    cosine matrix with labels indexing its columns, so a sampled classifier (Partial FC: the
+    positive classes plus a sample of the others) can compute its own cosines and reuse every
+    margin here unchanged."""
 
     def __init__(self, in_features: int, out_features: int, *, s: float) -> None:
         super().__init__(in_features, out_features)
@@ -398,10 +404,13 @@ class NormalisedHead(Head):
     def margin_cosine(self, cos_theta: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def logits(self, x: Tensor, w: Tensor, labels: Tensor) -> Tensor:
-        cos = _normalised_cosines(x, w)
+    def margin_logits(self, cos: Tensor, labels: Tensor) -> Tensor:
+        """Scaled logits with the margin applied to each row's label column."""
         cos_y = cos.gather(1, labels[:, None]).squeeze(1).clamp(-1.0, 1.0)
         return _with_target(self.s * cos, labels, self.s * self.margin_cosine(cos_y))
+
+    def logits(self, x: Tensor, w: Tensor, labels: Tensor) -> Tensor:
+        return self.margin_logits(_normalised_cosines(x, w), labels)
 
 
 @HEADS.register("fnorm_sphereface")

@@ -67,6 +67,7 @@ class FacePipeline:
         self.settings, self.detector, self.embedder = settings, detector, embedder
         self.metrics, self.pool = metrics, pool
         self.queue_delay = QueueDelay()
+        self.limits = settings.photo_limits()
         # Requests between upload and embedder: while none is, a batch has no one to wait for.
         self.detecting = 0
 
@@ -126,7 +127,6 @@ class FacePipeline:
     async def faces(self, upload: UploadFile, policy: FacePolicy, what: str) -> PhotoFaces:
         """The photo's faces chosen by `policy`, aligned to the served model's template;
         `what` names the upload in errors (image1, images[2])."""
-        s = self.settings
         self.detecting += 1
         try:
             data = await self.read(upload, what)
@@ -137,9 +137,7 @@ class FacePipeline:
                 self.detector,
                 self.template,
                 policy,
-                s.max_image_bytes,
-                s.max_image_pixels,
-                s.min_face_px,
+                self.limits,
                 what,
             )
         finally:

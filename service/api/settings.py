@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.gallery.index import IndexKind
 from service.gallery.ranking import MatchRule
+from service.vision.faces import PhotoLimits
 from service.vision.imaging import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from service.vision.preprocess import MODELS_DIR, DetectorConfig, DetectorKind
 
@@ -218,6 +219,9 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'gallery.db').resolve()}"
+
+    def photo_limits(self) -> PhotoLimits:
+        return PhotoLimits(self.max_image_bytes, self.max_image_pixels, self.min_face_px)
 
     def detector_config(self) -> DetectorConfig:
         return DetectorConfig(

@@ -1,16 +1,13 @@
 """The gallery's store of record: subjects, their templates and a change log, in SQL.
 
 SQLite (a file; the default) or PostgreSQL (`postgresql+psycopg://...`), through SQLAlchemy
-Core. The schema is Alembic's (`service/gallery/migrations`), upgraded to head when the store opens.
+Core, reached through `service/gallery/database.py` (engines, the single writer, migrations).
+The schema is Alembic's (`service/gallery/migrations`), upgraded to head when the store opens.
 
 Every write runs in one transaction that also appends its rows to `changes`, one row per
-template touched, so replicas can replay the log. Writers are serialised (SQLite: BEGIN
-IMMEDIATE; PostgreSQL: a transaction-scoped advisory lock), which makes `changes.seq` grow in
-commit order: a replica that has read every change up to seq N never later sees a change with
-a smaller seq commit.
-
-SQLite runs in WAL mode with synchronous=FULL: a write acknowledged to the caller is on disk
-and survives kill -9 or power loss, and readers never block the writer.
+template touched, so replicas can replay the log. Writers are serialised, which makes
+`changes.seq` grow in commit order: a replica that has read every change up to seq N never
+later sees a change with a smaller seq commit.
 """
 
 from __future__ import annotations
@@ -19,15 +16,13 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection
 
+from service.gallery.database import Database
 from service.gallery.errors import ModelMismatch, SubjectNotFound, TemplateNotFound
 from service.gallery.records import (
     Change,
@@ -44,12 +39,6 @@ from service.gallery.records import (
 )
 from service.gallery.schema import RECORD_COLUMNS, changes, gallery_meta, subjects, templates
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-# How long an SQLite writer waits for another one before giving up with "database is locked".
-SQLITE_BUSY_TIMEOUT_MS = 30_000
-SQLITE_PAGE_SIZE = 8192
-# Any constant: the PostgreSQL advisory lock that serialises gallery writers (per database).
-PG_WRITE_LOCK = 0x66_6D_67_61_6C  # "fmgal"
 # Bound on bound parameters per IN (...) query; SQLite allows 32766.
 IN_CHUNK = 1000
 
@@ -82,43 +71,11 @@ def _subject(row: sa.Row, template_count: int) -> Subject:
     )
 
 
-def _sqlite_engine(url: sa.URL) -> Engine:
-    if url.database in (None, "", ":memory:") or "mode=memory" in str(url):
-        raise ValueError("an in-memory SQLite gallery would vanish with its connection; use a file")
-    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url)
-
-    @sa.event.listens_for(engine, "connect")
-    def configure(dbapi_connection: Any, _record: Any) -> None:
-        # pysqlite's own implicit BEGIN is off: `begin` below chooses the kind of transaction.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        # Only takes effect on a new file, before its first write. A 512-d template row is
-        # over 2 KiB, so only one fits a default 4 KiB page: 8 KiB pages hold three.
-        cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def begin(connection: Connection) -> None:
-        # A writer takes the write lock up front: a deferred transaction upgrading from read
-        # to write can fail with "database is locked" without waiting out busy_timeout.
-        mode = connection.get_execution_options().get("facemargin_begin", "DEFERRED")
-        connection.exec_driver_sql(f"BEGIN {mode}")
-
-    return engine
-
-
 class Store:
     """One gallery database. Thread-safe: every method runs its own short transaction."""
 
-    def __init__(self, engine: Engine, model_id: str, embedding_dim: int) -> None:
-        self._engine = engine
-        self._writer = engine.execution_options(facemargin_begin="IMMEDIATE")
-        self._postgres = engine.dialect.name == "postgresql"
+    def __init__(self, database: Database, model_id: str, embedding_dim: int) -> None:
+        self._db = database
         self.model_id = model_id
         self.embedding_dim = embedding_dim
         self.created_at = ""  # set by _bind
@@ -133,50 +90,21 @@ class Store:
             raise ValueError("model_id must not be empty")
         if embedding_dim <= 0:
             raise ValueError(f"embedding_dim must be positive, not {embedding_dim}")
-        url = make_url(database_url)
-        if url.get_backend_name() == "sqlite":
-            engine = _sqlite_engine(url)
-        elif url.get_backend_name() == "postgresql":
-            engine = sa.create_engine(url, pool_pre_ping=True)
-        else:
-            raise ValueError(f"unsupported gallery database {url.get_backend_name()!r}")
-        store = cls(engine, model_id, embedding_dim)
+        database = Database.connect(database_url)
+        store = cls(database, model_id, embedding_dim)
         try:
-            store._migrate()
+            database.migrate()
             store._bind()
         except BaseException:
-            engine.dispose()
+            database.dispose()
             raise
         return store
 
     def close(self) -> None:
-        self._engine.dispose()
-
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A transaction that holds the gallery's single write lock until it commits."""
-        with self._writer.begin() as connection:
-            if self._postgres:
-                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(PG_WRITE_LOCK)))
-            yield connection
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        """A read-only transaction on one snapshot (SQLite's readers always have one)."""
-        options = {"isolation_level": "REPEATABLE READ"} if self._postgres else {}
-        with self._engine.connect().execution_options(**options) as connection, connection.begin():
-            yield connection
-
-    def _migrate(self) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
-        # Under the write lock, so replicas starting together do not create the tables twice.
-        with self._write() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        self._db.dispose()
 
     def _bind(self) -> None:
-        with self._write() as connection:
+        with self._db.write() as connection:
             row = connection.execute(sa.select(gallery_meta)).first()
             if row is None:
                 connection.execute(
@@ -239,7 +167,7 @@ class Store:
         blobs = [self._vector_bytes(template.embedding) for template in new_templates]
         metadata_json = None if metadata is None else _dump_metadata(metadata)
         now = _now()
-        with self._write() as connection:
+        with self._db.write() as connection:
             exists = connection.execute(
                 sa.select(subjects.c.subject_id).where(subjects.c.subject_id == subject_id)
             ).first()
@@ -281,7 +209,7 @@ class Store:
 
     def delete_subject(self, subject_id: str) -> WriteResult:
         """Delete a subject and all its templates. Raises SubjectNotFound."""
-        with self._write() as connection:
+        with self._db.write() as connection:
             if not self._subject_exists(connection, subject_id):
                 raise SubjectNotFound(subject_id)
             ids = connection.execute(
@@ -301,7 +229,7 @@ class Store:
         """Delete one template; the subject stays, even with none left.
 
         Raises SubjectNotFound, or TemplateNotFound when the subject has no such template."""
-        with self._write() as connection:
+        with self._db.write() as connection:
             if not self._subject_exists(connection, subject_id):
                 raise SubjectNotFound(subject_id)
             deleted = connection.execute(
@@ -323,7 +251,7 @@ class Store:
 
     def get_subject(self, subject_id: str) -> SubjectDetail:
         """A subject and its templates' metadata (not their embeddings). Raises SubjectNotFound."""
-        with self._read() as connection:
+        with self._db.read() as connection:
             row = connection.execute(
                 sa.select(subjects).where(subjects.c.subject_id == subject_id)
             ).first()
@@ -351,7 +279,7 @@ class Store:
         """Display names of the subjects that exist, in one query (identify's candidates)."""
         if not subject_ids:
             return {}
-        with self._read() as connection:
+        with self._db.read() as connection:
             rows = connection.execute(
                 sa.select(subjects.c.subject_id, subjects.c.display_name).where(
                     subjects.c.subject_id.in_(list(subject_ids))
@@ -377,7 +305,7 @@ class Store:
         if after is not None:
             query = query.where(subjects.c.subject_id > after)
         query = query.order_by(subjects.c.subject_id).limit(limit).offset(offset)
-        with self._read() as connection:
+        with self._db.read() as connection:
             rows = connection.execute(query).all()
             total = connection.execute(sa.select(sa.func.count()).select_from(subjects)).scalar()
         page = tuple(_subject(row, int(row.template_count)) for row in rows)
@@ -389,7 +317,7 @@ class Store:
 
         The rows stream from the database in chunks (a server-side cursor on PostgreSQL), so a
         rebuild holds one chunk beside the index it fills, not a copy of the whole gallery."""
-        with self._read() as connection:
+        with self._db.read() as connection:
             seq = connection.execute(sa.select(sa.func.max(changes.c.seq))).scalar() or 0
             result = connection.execution_options(yield_per=chunk_size).execute(
                 sa.select(templates.c.id, templates.c.subject_id, templates.c.embedding).order_by(
@@ -409,7 +337,7 @@ class Store:
     def templates_by_ids(self, template_ids: Sequence[int]) -> EmbeddingChunk:
         """The templates among `template_ids` that still exist, with their embeddings."""
         rows: list[sa.Row] = []
-        with self._read() as connection:
+        with self._db.read() as connection:
             for start in range(0, len(template_ids), IN_CHUNK):
                 batch = [int(i) for i in template_ids[start : start + IN_CHUNK]]
                 rows += connection.execute(
@@ -421,7 +349,7 @@ class Store:
 
     def changes_since(self, seq: int, limit: int = 10_000) -> list[Change]:
         """Changes with a seq above `seq`, oldest first, at most `limit` of them."""
-        with self._read() as connection:
+        with self._db.read() as connection:
             rows = connection.execute(
                 sa.select(
                     changes.c.seq, changes.c.kind, changes.c.subject_id, changes.c.template_id
@@ -441,12 +369,12 @@ class Store:
         ]
 
     def max_seq(self) -> int:
-        with self._read() as connection:
+        with self._db.read() as connection:
             return int(connection.execute(sa.select(sa.func.max(changes.c.seq))).scalar() or 0)
 
     def counts(self) -> Counts:
         """Subjects, templates and the last change seq, all from one snapshot."""
-        with self._read() as connection:
+        with self._db.read() as connection:
             subject_count = connection.execute(sa.select(sa.func.count()).select_from(subjects))
             template_count = connection.execute(sa.select(sa.func.count()).select_from(templates))
             seq = connection.execute(sa.select(sa.func.max(changes.c.seq)))

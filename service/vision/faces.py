@@ -20,6 +20,16 @@ from service.vision.preprocess import AlignedFace, detect_and_align
 
 
 @dataclass(frozen=True)
+class PhotoLimits:
+    """What a photo may be: its encoded size, its pixel count (read from the header, before
+    decoding) and the smallest face kept, measured on the photo as sent."""
+
+    max_bytes: int
+    max_pixels: int
+    min_face_px: int
+
+
+@dataclass(frozen=True)
 class PhotoFaces:
     image: DecodedImage
     faces: list[AlignedFace]  # boxes and landmarks on the photo as sent (see `on_photo`)
@@ -49,16 +59,14 @@ def read_faces(
     detector: Detector,
     template: Template,
     policy: FacePolicy,
-    max_bytes: int,
-    max_pixels: int,
-    min_face_px: int,
+    limits: PhotoLimits,
     what: str = "image",
 ) -> PhotoFaces:
     """Decode, detect and align; raise the typed error a client can act on. `what` names the
     field in messages (a verify request has two images)."""
     start = time.perf_counter()
     try:
-        image = decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+        image = decode_image(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels)
     except FaceMarginError as error:
         raise error.about(what) from None
     decoded = time.perf_counter()
@@ -78,6 +86,7 @@ def read_faces(
                 "boxes": [[round(float(v), 1) for v in a.face.box] for a in aligned],
             },
         )
+    min_face_px = limits.min_face_px
     large = [a for a in aligned if short_side(a.face) >= min_face_px]
     if not large:
         side = max(short_side(a.face) for a in aligned)

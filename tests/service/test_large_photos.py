@@ -22,7 +22,7 @@ from service.vision.alignment import (
     alignment_matrix,
 )
 from service.vision.detection import FacePolicy
-from service.vision.faces import read_faces
+from service.vision.faces import PhotoLimits, read_faces
 from service.vision.imaging import WORKING_SIDE, decode_image, draft_factor
 from tests.conftest import load_rgb
 
@@ -130,7 +130,7 @@ def test_faces_are_reported_on_the_photo_as_sent(photo, mtcnn, monkeypatch):
             faces_module, "decode_image", functools.partial(decode_image, max_side=side)
         )
         found[name] = read_faces(
-            data, mtcnn, ARCFACE_112, FacePolicy.largest, 10**8, 10**8, min_face_px=200
+            data, mtcnn, ARCFACE_112, FacePolicy.largest, PhotoLimits(10**8, 10**8, 200)
         )
     full, reduced = found["full"], found["reduced"]
     assert reduced.image.scale == 0.25 and reduced.image.pixels.shape == (250, 250, 3)

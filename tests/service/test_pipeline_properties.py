@@ -15,7 +15,7 @@ from PIL import Image
 from service.vision.alignment import ARCFACE_112, align_face
 from service.vision.detection import FacePolicy
 from service.vision.errors import FaceMarginError
-from service.vision.faces import read_faces
+from service.vision.faces import PhotoLimits, read_faces
 from tests.conftest import load_rgb, sample_photos
 
 FACE = load_rgb(sample_photos()[0])
@@ -61,9 +61,11 @@ def test_any_picture_gives_aligned_faces_or_a_typed_error(mtcnn, picture, fmt, d
             mtcnn,
             ARCFACE_112,
             policy,
-            max_bytes=20 * 1024 * 1024,
-            max_pixels=40_000_000,
-            min_face_px=data.draw(st.sampled_from([1, 32])),
+            PhotoLimits(
+                max_bytes=20 * 1024 * 1024,
+                max_pixels=40_000_000,
+                min_face_px=data.draw(st.sampled_from([1, 32])),
+            ),
         )
     except FaceMarginError as error:
         assert error.code and error.message

@@ -237,7 +237,7 @@ class TestStoreSqlite(StoreBehaviour):
         path = tmp_path / "nested" / "dir" / "gallery.db"
         assert path.is_file(), "the parent folders are created"
         store.add_templates("a", templates(rng, 1))
-        with store._engine.connect() as connection:
+        with store._db.engine.connect() as connection:
             pragma = {
                 name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
                 for name in (

@@ -598,3 +598,18 @@ def test_a_few_sgd_steps_reduce_the_cross_entropy(name):
     with torch.no_grad():
         after = float(loss())
     assert math.isfinite(after) and after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("name", ["cosface", "arcface", "combined", "fnorm_sphereface"])
+def test_a_sampled_classifier_reuses_the_margin_on_its_own_cosines(name):
+    """Partial-FC style: cosines against the labels' classes plus a sample of the others,
+    through the head's margin, equal the full head's logits on those columns."""
+    torch.manual_seed(0)
+    head = build_head(name, 16, 40)
+    x = torch.randn(6, 16)
+    labels = torch.tensor([3, 7, 7, 21, 0, 39])
+    full = head(x, labels)
+    sampled = torch.tensor([0, 3, 7, 12, 21, 30, 39])  # every label's class, and others
+    local = torch.searchsorted(sampled, labels)
+    cos = F.linear(F.normalize(x, dim=1), F.normalize(head.weight[sampled], dim=1))
+    torch.testing.assert_close(head.margin_logits(cos, local), full[:, sampled])

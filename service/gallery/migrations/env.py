@@ -11,7 +11,9 @@ from alembic import context
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("run the gallery migrations through service.gallery.store.Store.open")
+    raise RuntimeError(
+        "run the gallery migrations through service.gallery.store.Store.open (service.gallery.database.Database.migrate)"
+    )
 
 context.configure(connection=connection)
 with context.begin_transaction():
