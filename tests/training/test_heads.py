@@ -14,11 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from training.heads import (
-    HEAD_NAMES,
+from training.heads import HEAD_NAMES, build_head
+from training.margins import (
     annealed_lambda,
     arcface_margin,
-    build_head,
     chebyshev_cos,
     combined_margin,
     default_lambda_min,
