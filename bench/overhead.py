@@ -10,7 +10,8 @@ Three figures, measured side by side:
 2. **sequential /embed**: one client on a keep-alive connection, one photo per request,
    against a fresh `facemargin serve` pinned to core 0: median latency, and its excess over
    the in-process time of the same photos.
-3. **saturated /embed**: N clients (closed loop, raw keep-alive sockets on core 1, so the
+3. **saturated /embed** (or --route verify / identify, against a gallery of --gallery
+   subjects): N clients (closed loop, raw keep-alive sockets on core 1, so the
    client costs little and never shares the server's core): photos/s, and the ratio of the
    in-process rate to it (1.0 = no overhead at all).
 4. with --peer: face_recognition's whole pipeline (HOG detection, dlib encoding; see
@@ -90,22 +91,39 @@ def peer_ms(data: list[bytes]) -> float:
     return (time.perf_counter() - start) / len(data) * 1e3
 
 
-def multipart(photo: bytes, port: int) -> bytes:
+ROUTES = {"embed": ("image",), "verify": ("image1", "image2"), "identify": ("image",)}
+
+
+def multipart(route: str, photos: list[bytes], port: int) -> bytes:
+    """One raw HTTP/1.1 request to `route` carrying `photos` in the route's file fields."""
     boundary = uuid.uuid4().hex
     body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + photo
-        + f"\r\n--{boundary}--\r\n".encode()
+        b"".join(
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+                f'filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+            ).encode()
+            + photo
+            + b"\r\n"
+            for field, photo in zip(ROUTES[route], photos, strict=True)
+        )
+        + f"--{boundary}--\r\n".encode()
     )
     head = (
-        f"POST /embed HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"POST /{route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
+
+
+def enrol_gallery(url: str, n: int) -> None:
+    """A gallery for /identify: n CFP people, each from a photo the probes do not use."""
+    import httpx
+
+    for person in sorted(CFP.glob("*/frontal/02.jpg"))[:n]:
+        files = {"images": ("a.jpg", person.read_bytes())}
+        httpx.post(f"{url}/enroll", data={"subject_id": person.parts[-3]}, files=files, timeout=60)
 
 
 def read_response(sock: socket.socket, buffer: bytearray) -> int:
@@ -186,7 +204,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--env", nargs="*", default=[], help="NAME=VALUE for the server")
     parser.add_argument("--peer", action="store_true", help="also time face_recognition")
-    parser.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
+    parser.add_argument("--route", choices=sorted(ROUTES), default="embed")
+    parser.add_argument("--gallery", type=int, default=100, help="subjects enrolled (identify)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default results/overhead-ROUTE.json"
+    )
     args = parser.parse_args()
     data = photos(args.photos)
     server_cpus, client_cpus = {0}, {1}
@@ -205,17 +227,24 @@ def main() -> None:
         process, url = start_server(Path(data_dir), env, cpus=server_cpus)
         port = int(url.rsplit(":", 1)[1])
         try:
-            requests = [multipart(photo, port) for photo in data]
+            per = len(ROUTES[args.route])  # photos per request
+            requests = [
+                multipart(args.route, [data[(i + k) % len(data)] for k in range(per)], port)
+                for i in range(len(data))
+            ]
+            if args.route == "identify":
+                enrol_gallery(url, args.gallery)
             latencies = sequential(port, requests, args.rounds)
             median = statistics.median(latencies)
-            print(f"sequential /embed (one keep-alive client): median {median:.2f} ms, "
-                  f"excess over in-process {median - pipeline_ms:+.2f} ms")  # fmt: skip
+            print(f"sequential /{args.route} (one keep-alive client, {per} photo(s) each): "
+                  f"median {median:.2f} ms, excess over in-process "
+                  f"{median - per * pipeline_ms:+.2f} ms")  # fmt: skip
             saturate(port, requests, args.clients, 3)  # warm the batcher and the pool
             before = cpu_s()
             n = saturate(port, requests, args.clients, args.seconds)
             client_cpu = cpu_s() - before
-            rate = n / args.seconds
-            print(f"saturated /embed ({args.clients} clients): {rate:.1f} photos/s on one core; "
+            rate = n * per / args.seconds
+            print(f"saturated /{args.route} ({args.clients} clients): {rate:.1f} photos/s on one core; "
                   f"in-process / HTTP = {1e3 / pipeline_ms / rate:.2f}x; the client used "
                   f"{client_cpu / args.seconds * 100:.0f}% of core 1")  # fmt: skip
             if peer is not None:
@@ -228,19 +257,21 @@ def main() -> None:
     result = {
         "peer_ms": peer,
         "http_over_peer": rate * peer / 1e3 if peer else None,
+        "route": args.route,
         "photos": len(data),
         "server_env": env,
         "in_process_ms": pipeline_ms,
         "in_process_per_s": 1e3 / pipeline_ms,
         "sequential_median_ms": median,
         "sequential_p90_ms": statistics.quantiles(latencies, n=10)[-1],
-        "sequential_excess_ms": median - pipeline_ms,
+        "sequential_excess_ms": median - per * pipeline_ms,
         "saturated_per_s": rate,
         "overhead_ratio": 1e3 / pipeline_ms / rate,
         "client_core_share": client_cpu / args.seconds,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out = args.out or RESULTS / f"overhead-{args.route}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
