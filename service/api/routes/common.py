@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Annotated, Any
 
 import numpy as np
@@ -53,13 +54,21 @@ def _declared(dependant: Any) -> tuple[set[str], set[str]]:
     return query, body
 
 
+# Per route: a route's parameters never change once the app is built. Keyed weakly by the
+# route object (its Dependant is not hashable), so an app's routes go with the app.
+_DECLARED: weakref.WeakKeyDictionary[Any, tuple[set[str], set[str]]] = weakref.WeakKeyDictionary()
+
+
 async def no_unknown_fields(request: Request) -> None:
     """A misspelt parameter (`threshhold`, `topk`, `?threshold=` on a form route) is a 422
     naming it, not a request silently run with the defaults."""
-    dependant = getattr(request.scope.get("route"), "dependant", None)
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
     if dependant is None:
         return
-    query, body = _declared(dependant)
+    if route not in _DECLARED:
+        _DECLARED[route] = _declared(dependant)
+    query, body = _DECLARED[route]
     unknown = sorted(set(request.query_params) - query)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
