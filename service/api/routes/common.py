@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Annotated, Any
 
 import numpy as np
@@ -54,9 +53,8 @@ def _declared(dependant: Any) -> tuple[set[str], set[str]]:
     return query, body
 
 
-# Per route: a route's parameters never change once the app is built. Keyed weakly by the
-# route object (its Dependant is not hashable), so an app's routes go with the app.
-_DECLARED: weakref.WeakKeyDictionary[Any, tuple[set[str], set[str]]] = weakref.WeakKeyDictionary()
+# Cached on the route object (routes are neither hashable nor changed once the app is built).
+_DECLARED = "_facemargin_declared"
 
 
 async def no_unknown_fields(request: Request) -> None:
@@ -66,9 +64,11 @@ async def no_unknown_fields(request: Request) -> None:
     dependant = getattr(route, "dependant", None)
     if dependant is None:
         return
-    if route not in _DECLARED:
-        _DECLARED[route] = _declared(dependant)
-    query, body = _DECLARED[route]
+    declared = getattr(route, _DECLARED, None)
+    if declared is None:
+        declared = _declared(dependant)
+        setattr(route, _DECLARED, declared)
+    query, body = declared
     unknown = sorted(set(request.query_params) - query)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in ("multipart/form-data", "application/x-www-form-urlencoded"):
