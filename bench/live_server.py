@@ -22,7 +22,10 @@ def free_port() -> int:
 
 
 def start_server(
-    data_dir: Path, env: dict[str, str] | None = None, cpus: set[int] | None = None
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
+    args: list[str] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start the server and wait until /ready answers; (process, base URL). `cpus` pins it
     (and its threads) to those cores, so a load generator on the others cannot slow it."""
@@ -38,6 +41,7 @@ def start_server(
             str(port),
             "--log-level",
             "warning",
+            *(args or []),
         ],
         cwd=ROOT,
         preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,

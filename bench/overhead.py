@@ -205,16 +205,22 @@ def main() -> None:
     parser.add_argument("--env", nargs="*", default=[], help="NAME=VALUE for the server")
     parser.add_argument("--peer", action="store_true", help="also time face_recognition")
     parser.add_argument("--route", choices=sorted(ROUTES), default="embed")
+    parser.add_argument(
+        "--server-cpus",
+        default="0",
+        help="cores for the server, e.g. 0,1 (the in-process figure and the client stay on 0 and 1)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="facemargin serve --workers")
     parser.add_argument("--gallery", type=int, default=100, help="subjects enrolled (identify)")
     parser.add_argument(
         "--out", type=Path, default=None, help="default results/overhead-ROUTE.json"
     )
     args = parser.parse_args()
     data = photos(args.photos)
-    server_cpus, client_cpus = {0}, {1}
+    server_cpus, client_cpus = {int(c) for c in args.server_cpus.split(",")}, {1}
 
     # The in-process figure on the server's core, with one ONNX thread like a pinned server.
-    os.sched_setaffinity(0, server_cpus)
+    os.sched_setaffinity(0, {0})
     pipeline_ms = in_process(data, args.rounds)
     peer = peer_ms(data) if args.peer else None
     os.sched_setaffinity(0, client_cpus)
@@ -224,7 +230,9 @@ def main() -> None:
     env = {"OMP_NUM_THREADS": "1", "FACEMARGIN_ONNX_THREADS": "1"}
     env |= dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory() as data_dir:
-        process, url = start_server(Path(data_dir), env, cpus=server_cpus)
+        process, url = start_server(
+            Path(data_dir), env, cpus=server_cpus, args=["--workers", str(args.workers)]
+        )
         port = int(url.rsplit(":", 1)[1])
         try:
             per = len(ROUTES[args.route])  # photos per request
@@ -244,29 +252,33 @@ def main() -> None:
             n = saturate(port, requests, args.clients, args.seconds)
             client_cpu = cpu_s() - before
             rate = n * per / args.seconds
-            print(f"saturated /{args.route} ({args.clients} clients): {rate:.1f} photos/s on one core; "
-                  f"in-process / HTTP = {1e3 / pipeline_ms / rate:.2f}x; the client used "
+            cores = len(server_cpus)
+            print(f"saturated /{args.route} ({args.clients} clients, {args.workers} worker(s)): "
+                  f"{rate:.1f} photos/s on {cores} core(s); in-process x cores / HTTP = "
+                  f"{1e3 / pipeline_ms * cores / rate:.2f}x; the client used "
                   f"{client_cpu / args.seconds * 100:.0f}% of core 1")  # fmt: skip
             if peer is not None:
                 print(f"face_recognition (core 0, one thread): {peer:.1f} ms/photo, "
                       f"{1e3 / peer:.1f} photos/s; facemargin over HTTP / it = "
-                      f"{rate * peer / 1e3:.2f}x per core")  # fmt: skip
+                      f"{rate / cores * peer / 1e3:.2f}x per core")  # fmt: skip
         finally:
             process.terminate()
             process.wait(timeout=30)
     result = {
         "peer_ms": peer,
-        "http_over_peer": rate * peer / 1e3 if peer else None,
+        "http_over_peer": rate / len(server_cpus) * peer / 1e3 if peer else None,
         "route": args.route,
         "photos": len(data),
         "server_env": env,
+        "server_cpus": sorted(server_cpus),
+        "workers": args.workers,
         "in_process_ms": pipeline_ms,
         "in_process_per_s": 1e3 / pipeline_ms,
         "sequential_median_ms": median,
         "sequential_p90_ms": statistics.quantiles(latencies, n=10)[-1],
         "sequential_excess_ms": median - per * pipeline_ms,
         "saturated_per_s": rate,
-        "overhead_ratio": 1e3 / pipeline_ms / rate,
+        "overhead_ratio": 1e3 / pipeline_ms * len(server_cpus) / rate,
         "client_core_share": client_cpu / args.seconds,
     }
     out = args.out or RESULTS / f"overhead-{args.route}.json"

@@ -29,6 +29,9 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--disable-extensions",
     "--window-size=1280,900",
+    # A fake camera (a test pattern) that needs no permission prompt, for the page's camera.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 )
 
 
