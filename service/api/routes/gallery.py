@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
 
 from service.api.deps import RuntimeDep
@@ -28,7 +29,7 @@ from service.api.schemas import (
     SubjectPage,
     TemplateInfo,
 )
-from service.gallery import MatchRule
+from service.gallery import Gallery, MatchRule
 from service.gallery.records import Subject
 from service.vision.detection import FacePolicy
 from service.vision.errors import (
@@ -95,6 +96,16 @@ async def enroll(
         )
 
 
+def candidates_named(
+    gallery: Gallery, vectors: np.ndarray, top_k: int, rule: MatchRule
+) -> tuple[list, dict[str, str | None]]:
+    """The search and its candidates' display names, in one trip to the worker pool (each
+    trip is a thread hop and a wake-up of the event loop: bench/README.md, overhead.py)."""
+    ranked = gallery.identify(vectors, top_k=top_k, rule=rule)
+    names = gallery.display_names(sorted({c.subject_id for row in ranked for c in row}))
+    return ranked, names
+
+
 @router.post("/identify", response_model=IdentifyResponse, dependencies=[Depends(multipart_body)])
 async def identify(
     image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP photo.")],
@@ -144,12 +155,9 @@ async def identify(
     async with runtime.admitted():
         photo = await runtime.pipeline.faces(image, face_policy, "image")
         embedded = await runtime.pipeline.embed(photo.faces)
-        ranked = await runtime.pipeline.run(
-            "search", lambda: gallery.identify(embedded.vectors, top_k=top_k, rule=rule)
+        ranked, names = await runtime.pipeline.run(
+            "search", lambda: candidates_named(gallery, embedded.vectors, top_k, rule)
         )
-    names = await runtime.pipeline.run(
-        "store", gallery.display_names, sorted({c.subject_id for row in ranked for c in row})
-    )
     faces = []
     for aligned, norm, row in zip(photo.faces, embedded.norms, ranked, strict=True):
         candidates = [
