@@ -2,8 +2,10 @@
 
 `Gallery` (gallery.py) is the one front the service uses. Behind it, one module per part:
 
-* store.py: the store of record (SQL via SQLAlchemy Core, Alembic migrations in
-  migrations/): subjects, templates and the change log;
+* store.py: the store of record (SQL via SQLAlchemy Core): subjects, templates and the
+  change log;
+* database.py: how the store reaches its database: SQLite or PostgreSQL engines, the single
+  writer, snapshot reads, the Alembic migrations (migrations/);
 * index.py: a FAISS index over unit vectors keyed by our int64 ids (exact or HNSW, CPU or GPU);
 * state.py: the in-memory cache of the store: the template index, each subject's mean
   template and the template -> subject map;
