@@ -12,7 +12,8 @@
 * ranking.py: subjects ranked for a query, by best template or by mean template;
 * replication.py: other replicas' writes replayed from the change log, on a timer;
 * snapshot.py: an HNSW index saved to disk so a restart reads it back instead of rebuilding;
-* rwlock.py: the readers-writer lock between searches and index changes.
+* rwlock.py: the readers-writer lock between searches and index changes;
+* names.py: display names cached in front of the store, forgotten on every write.
 """
 
 from service.gallery.errors import GalleryError, ModelMismatch, SubjectNotFound, TemplateNotFound

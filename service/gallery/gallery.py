@@ -33,6 +33,7 @@ import numpy as np
 
 from service.gallery import snapshot
 from service.gallery.index import IndexKind, VectorIndex
+from service.gallery.names import DisplayNames
 from service.gallery.ranking import Candidate, MatchRule, rank
 from service.gallery.records import NewTemplate, SubjectDetail, SubjectPage, WriteResult
 from service.gallery.replication import SyncThread, replay
@@ -87,6 +88,7 @@ class Gallery:
         self._snapshot_every = snapshot_every
         self.loaded_from = "store"  # or "snapshot": how the index was filled on open
         self._last_seq = 0
+        self._names = DisplayNames(store.display_names)
         self._searching = ReadWriteLock()
         self._writing = threading.Lock()
         self._sync = SyncThread()
@@ -201,6 +203,7 @@ class Gallery:
         with self._searching.write():
             self._state.refresh_means(apply())
         self._last_seq = result.seq
+        self._names.forget()
 
     # Replication (service/gallery/replication.py)
 
@@ -213,6 +216,8 @@ class Gallery:
 
     def _catch_up_locked(self) -> int:
         applied, self._last_seq = replay(self._store, self._state, self._searching, self._last_seq)
+        if applied:
+            self._names.forget()
         return applied
 
     def start_sync(self, interval_s: float) -> None:
@@ -264,8 +269,9 @@ class Gallery:
         return self._store.get_subject(subject_id)
 
     def display_names(self, subject_ids: Sequence[str]) -> dict[str, str | None]:
-        """Display names by subject id; subjects deleted meanwhile are absent."""
-        return self._store.display_names(subject_ids)
+        """Display names by subject id, cached (service/gallery/names.py); subjects deleted
+        meanwhile are absent."""
+        return self._names.get(subject_ids)
 
     def list_subjects(
         self, limit: int = 50, offset: int = 0, after: str | None = None
