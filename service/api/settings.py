@@ -171,7 +171,8 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         default=2.0,
         ge=0,
-        description="Longest a face waits for others to share its batch.",
+        description="Longest a face waits for others to share its batch; it waits only while "
+        "another request is still decoding or detecting.",
     )
     # 8 = twice the worker threads: enough to keep them busy, few enough that an admitted
     # request waits about one batch of work (bench/load.py: p99 0.76 s at 16/s offered on
