@@ -25,16 +25,22 @@ from service.vision.embedder import Embedder
 RESULTS = Path(__file__).parent / "results"
 
 
-def _faces(n: int, seed: int = 0) -> np.ndarray:
+def _faces(n: int, size: int, seed: int = 0) -> np.ndarray:
     # Content does not change the work a CNN does; real faces are not needed for timing.
-    return np.random.default_rng(seed).integers(0, 256, (n, 112, 112, 3), dtype=np.uint8)
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def _runners(args: argparse.Namespace) -> dict[str, Callable[[np.ndarray], object]]:
-    runners: dict[str, Callable[[np.ndarray], object]] = {}
+# (input side, one call on a batch): each model is fed faces of its own size (112 for the
+# ArcFace-style templates, 128 for OMZ's).
+Runner = tuple[int, Callable[[np.ndarray], object]]
+
+
+def _runners(args: argparse.Namespace) -> dict[str, Runner]:
+    runners: dict[str, Runner] = {}
     for path in args.models:
         embedder = Embedder(path, threads=args.threads, batch_size=1 << 20)
-        runners[f"{path.stem} ({embedder.contract.variant}, onnxruntime)"] = embedder.embed
+        name = f"{path.stem} ({embedder.contract.variant}, onnxruntime)"
+        runners[name] = (embedder.contract.input.height, embedder.embed)
     if args.checkpoint:
         import torch
 
@@ -49,7 +55,8 @@ def _runners(args: argparse.Namespace) -> dict[str, Callable[[np.ndarray], objec
             batch = torch.stack([to_tensor(f) for f in faces])
             return torch.nn.functional.normalize(backbone(batch), dim=1)
 
-        runners[f"{args.checkpoint.parent.name} (PyTorch eager)"] = eager
+        # Our own backbones take 112 px crops (training/backbones.py INPUT_SIZE).
+        runners[f"{args.checkpoint.parent.name} (PyTorch eager)"] = (112, eager)
     return runners
 
 
@@ -98,14 +105,14 @@ def main() -> None:
     runners = _runners(args)
     results = []
     for batch_size in args.batch_sizes:
-        faces = _faces(batch_size)
-        for run in runners.values():  # warm-up: first calls allocate and pick kernels
-            run(faces)
+        faces = {size: _faces(batch_size, size) for size, _ in runners.values()}
+        for size, run in runners.values():  # warm-up: first calls allocate and pick kernels
+            run(faces[size])
         times: dict[str, list[float]] = {name: [] for name in runners}
         for _ in range(args.rounds):
-            for name, run in runners.items():
+            for name, (size, run) in runners.items():
                 start = time.perf_counter()
-                run(faces)
+                run(faces[size])
                 times[name].append(time.perf_counter() - start)
         baseline = statistics.median(next(iter(times.values())))
         for name, samples in times.items():
