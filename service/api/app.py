@@ -18,7 +18,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.routes import faces, gallery, operations
-from service.api.routes.docs import ASSETS_URL, mount_docs
+from service.api.routes.docs import OPENAPI_URL, is_docs, mount_docs
 from service.api.routes.operations import package_version
 from service.api.routes.ui import is_ui, mount_ui
 from service.api.runtime import Runtime, start_runtime, stop_runtime
@@ -230,11 +230,6 @@ def _refusal(scope: Scope, error: FaceMarginError, close: bool = False) -> JSONR
 
 # Paths served to anyone: liveness and readiness probes, the metrics scrape.
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-
-
-def _is_docs(path: str) -> bool:
-    return path in DOCS_PATHS or path.startswith(f"{ASSETS_URL}/")
 
 
 class RefuseBeforeBody:
@@ -272,7 +267,7 @@ class RefuseBeforeBody:
         path = scope["path"]
         # The web page's files hold no secret: its API calls carry the key the user typed.
         public = (
-            path in OPEN_PATHS or is_ui(path) or (_is_docs(path) and runtime.settings.docs_served)
+            path in OPEN_PATHS or is_ui(path) or (is_docs(path) and runtime.settings.docs_served)
         )
         if not public and runtime.keys.enabled:
             presented = None
@@ -315,7 +310,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # handed to anyone who asks (public_docs).
         docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs_served else None,
+        openapi_url=OPENAPI_URL if settings.docs_served else None,
     )
     if settings.docs_served:
         mount_docs(app)

@@ -55,6 +55,17 @@ def identify(url: str, data: bytes, **fields: str) -> httpx.Response:
     )
 
 
+def reply_containing(conn: socket.socket, marker: bytes) -> bytes:
+    """What the server sent on `conn` up to and including `marker`. A socket timeout here
+    means the server waited for the (unsent) body instead of answering from the headers."""
+    reply = b""
+    while marker not in reply:
+        chunk = conn.recv(65536)
+        assert chunk, reply
+        reply += chunk
+    return reply
+
+
 def test_verify_scores_a_person_above_a_stranger(server):
     same = httpx.post(
         f"{server.url}/verify",
@@ -392,11 +403,7 @@ def test_a_full_server_refuses_an_upload_before_reading_its_body(tmp_path):
                 b"Content-Type: multipart/form-data; boundary=b\r\n"
                 b"Content-Length: 1000000\r\n\r\n--b\r\n"
             )
-            reply = b""
-            while b"overloaded" not in reply:
-                chunk = conn.recv(65536)  # a timeout here: the server waited for the body
-                assert chunk, reply
-                reply += chunk
+            reply = reply_containing(conn, b"overloaded")
         assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
         holder.join()
         assert held["response"].status_code == 200, held["response"].text
@@ -584,11 +591,7 @@ def test_an_unauthenticated_upload_is_refused_before_its_body(tmp_path):
                     + b"Content-Type: multipart/form-data; boundary=b\r\n"
                     b"Content-Length: 10000000\r\n\r\n--b\r\n"
                 )
-                reply = b""
-                while b"unauthorized" not in reply:
-                    chunk = conn.recv(65536)  # a timeout here: the server waited for the body
-                    assert chunk, reply
-                    reply += chunk
+                reply = reply_containing(conn, b"unauthorized")
             assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
         # The key still opens the routes, and the open paths stay open.
         ok = httpx.get(f"{server.url}/subjects", headers={"X-API-Key": "s3cret-key"})

@@ -24,6 +24,7 @@ DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 ASSETS_URL = "/docs/assets"
+OPENAPI_URL = "/openapi.json"
 ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 
 # The pages may load nothing from elsewhere: ReDoc's footer hard-codes a logo from its CDN,
@@ -77,6 +78,13 @@ async def redoc(request: Request) -> HTMLResponse:
             redoc_favicon_url=f"{root}{ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
+    )
+
+
+def is_docs(path: str) -> bool:
+    """The documentation's pages, assets and the OpenAPI document (FACEMARGIN_PUBLIC_DOCS)."""
+    return path in (DOCS_URL, REDOC_URL, OAUTH2_REDIRECT_URL, OPENAPI_URL) or path.startswith(
+        f"{ASSETS_URL}/"
     )
 
 
