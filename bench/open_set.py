@@ -1,7 +1,7 @@
 """Open-set identification as the gallery grows: a per-comparison FAR against a
 gallery-size-aware FPIR, measured with the served model on CFP.
 
-CFP's open-set split (`training.evaluation.split_open_set`: half of the 500 people enrolled
+CFP's open-set split (`training.open_set.split_open_set`: half of the 500 people enrolled
 with their first frontal photo; their other 9 photos are mated probes, every photo of the
 other 250 people a non-mated probe), with the gallery grown by distractor subjects (one face
 each of other people, from a prepared training tree; `../shared/data/train` holds no CFP
@@ -28,7 +28,8 @@ import numpy as np
 
 from service.vision.embedder import Embedder
 from training.data import crop_size, load_rgb
-from training.evaluation import new_figure, split_open_set
+from training.open_set import split_open_set
+from training.plots import new_figure
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,19 +1,20 @@
-"""`facemargin export ...` and `facemargin inspect`. Torch is imported only inside the
-subcommands that need it, so `facemargin --help` and `inspect` stay light."""
+"""`facemargin export ...` and `facemargin inspect`: the arguments and what each target
+runs. Torch is imported only inside the subcommands that need it, so `facemargin --help` and
+`inspect` stay light."""
 
 from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from export.inspect_model import run_inspect
+from export.validation_flags import ExportFailed, add_validation_flags, validation_data
+
 # Kept here, not imported from export.mtcnn, so `facemargin --help` never loads torch.
 WHEEL_NAME = "facenet_pytorch-2.6.0-py3-none-any.whl"
-DEFAULT_CFP = Path("../shared/data/val/cfp")
 TARGETS = ("model", "fp16", "int8", "wrap", "omz", "detector", "yunet")
 
 
@@ -28,10 +29,6 @@ def default_target(argv: Sequence[str]) -> list[str]:
     ):
         argv.insert(1, "model")
     return argv
-
-
-class ExportFailed(RuntimeError):
-    """The command cannot run as asked; nothing was written."""
 
 
 def _reports_failures(run: Callable[[argparse.Namespace], int]):
@@ -88,36 +85,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     inspect.add_argument("model", type=Path)
     inspect.add_argument("--json", action="store_true", help="the raw JSON contract")
-    inspect.set_defaults(run=_run_inspect)
-
-
-def _add_validation_flags(parser: argparse.ArgumentParser, optional: bool = True) -> None:
-    group = parser.add_argument_group(
-        "validation data",
-        "Thresholds are measured on CFP by default: every pair among its frontal photos for "
-        "the thresholds, and the published FF and FP protocols for accuracy. Raw CFP is "
-        "aligned once with facemargin prepare into a cache. Or give a pairs list.",
-    )
-    group.add_argument("--cfp", type=Path, default=DEFAULT_CFP, help="raw CFP root")
-    group.add_argument("--aligned-cfp", type=Path, help="CFP already aligned by facemargin prepare")
-    group.add_argument(
-        "--cache",
-        type=Path,
-        default=Path.home() / ".cache" / "facemargin" / "aligned",
-        help="where raw CFP is aligned to",
-    )
-    group.add_argument("--pairs", type=Path, help="pairs list (PATH1 PATH2 LABEL [FOLD])")
-    group.add_argument("--pairs-root", type=Path, help="aligned faces the pairs list names")
-    group.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="for prepare")
-    if optional:
-        group.add_argument(
-            "--no-calibration",
-            action="store_true",
-            help="write no thresholds (the service then needs an explicit threshold)",
-        )
-    group.add_argument(
-        "--parity-faces", type=Path, help="aligned faces for the parity check (default: CFP)"
-    )
+    inspect.set_defaults(run=run_inspect)
 
 
 def _add_model(targets: argparse._SubParsersAction) -> None:
@@ -136,7 +104,7 @@ def _add_model(targets: argparse._SubParsersAction) -> None:
     model.add_argument("out", type=Path, help="output .onnx")
     model.add_argument("--opset", type=int, default=18)
     model.add_argument("--data-name", help="how the contract names the training data")
-    _add_validation_flags(model)
+    add_validation_flags(model)
     model.set_defaults(run=_run_model)
 
 
@@ -151,7 +119,7 @@ def _add_fp16(targets: argparse._SubParsersAction) -> None:
     )
     fp16.add_argument("model", type=Path, help="fp32 model from facemargin export")
     fp16.add_argument("out", type=Path)
-    _add_validation_flags(fp16)
+    add_validation_flags(fp16)
     fp16.set_defaults(run=_run_fp16)
 
 
@@ -175,7 +143,7 @@ def _add_int8(targets: argparse._SubParsersAction) -> None:
     int8.add_argument(
         "--tolerance", type=float, default=0.5, help="largest accuracy drop, percentage points"
     )
-    _add_validation_flags(int8, optional=False)
+    add_validation_flags(int8, optional=False)
     int8.set_defaults(run=_run_int8)
 
 
@@ -221,7 +189,7 @@ def _add_wrap(targets: argparse._SubParsersAction) -> None:
         metavar="FAR=COSINE",
         help="use these thresholds instead of measuring (repeatable)",
     )
-    _add_validation_flags(wrap)
+    add_validation_flags(wrap)
     wrap.set_defaults(run=_run_wrap)
 
 
@@ -262,7 +230,7 @@ def _add_omz(targets: argparse._SubParsersAction) -> None:
         default="VGGFace2 (trained by Intel, per its training-extensions repository)",
         help="how the contract names the data the network was trained on",
     )
-    _add_validation_flags(omz)
+    add_validation_flags(omz)
     omz.set_defaults(run=_run_omz)
 
 
@@ -298,48 +266,6 @@ def _add_yunet(targets: argparse._SubParsersAction) -> None:
     yunet.set_defaults(run=_run_yunet)
 
 
-def _validation(args: argparse.Namespace, template_name: str = "arcface-112-5pt"):
-    """The ValidationData the flags describe, aligning raw CFP onto the model's template
-    first when needed; None with --no-calibration."""
-    from export.calibration import ValidationData, prepared_cfp
-    from service.api.settings import get_settings
-    from service.vision.alignment import template_named
-
-    if getattr(args, "no_calibration", False):
-        return None
-    if args.pairs is not None:
-        from training.protocols import read_pairs_list
-
-        if args.pairs_root is None:
-            raise ExportFailed("--pairs needs --pairs-root (the aligned faces it names)")
-        return ValidationData(aligned_root=args.pairs_root, pairs=read_pairs_list(args.pairs))
-    if not (args.cfp / "Protocol").is_dir():
-        raise ExportFailed(
-            f"no CFP protocol under {args.cfp}: pass --cfp, --pairs/--pairs-root"
-            + (", or --no-calibration" if hasattr(args, "no_calibration") else "")
-        )
-    aligned = args.aligned_cfp
-    if aligned is None:
-        # One cache per data set, template and detector: each makes different crops.
-        settings = get_settings()
-        detector = settings.detector.value
-        origin = (
-            f"{args.cfp.resolve()}|{template_name}|{detector}|{settings.detector_path}"
-            f"|{settings.detection_threshold}|{settings.detection_fallback_threshold}"
-            f"|{settings.min_face_size}"
-        )
-        key = hashlib.sha256(origin.encode()).hexdigest()[:8]
-        cache = args.cache / f"cfp-{template_name}-{detector}-{key}"
-        aligned = prepared_cfp(
-            args.cfp,
-            cache,
-            args.workers,
-            template_named(template_name),
-            settings.detector_config(),
-        )
-    return ValidationData(aligned_root=aligned, cfp_root=args.cfp)
-
-
 def _quiet_torch() -> None:
     import logging
     import warnings
@@ -351,6 +277,7 @@ def _quiet_torch() -> None:
 
 
 def _print_summary(out: Path) -> None:
+    from export.inspect_model import format_contract
     from export.onnx_model import read_contract
 
     contract = read_contract(out)
@@ -367,7 +294,7 @@ def _run_model(args: argparse.Namespace) -> int:
     export_checkpoint(
         args.checkpoint,
         args.out,
-        _validation(args, checkpoint_template(args.checkpoint).name),
+        validation_data(args, checkpoint_template(args.checkpoint).name),
         parity_root=args.parity_faces,
         data_name=args.data_name,
         opset=args.opset,
@@ -380,7 +307,7 @@ def _run_model(args: argparse.Namespace) -> int:
 def _run_fp16(args: argparse.Namespace) -> int:
     from export.variants import make_fp16
 
-    validation = _validation(args, _template_of(args.model))
+    validation = validation_data(args, _template_of(args.model))
     make_fp16(args.model, args.out, validation, parity_root=args.parity_faces)
     _print_summary(args.out)
     return 0
@@ -393,7 +320,7 @@ def _run_int8(args: argparse.Namespace) -> int:
     make_int8(
         args.model,
         args.out,
-        _validation(args, _template_of(args.model)),
+        validation_data(args, _template_of(args.model)),
         args.calibration_faces,
         calibration_faces=args.calibration_count,
         tolerance_pp=args.tolerance,
@@ -411,7 +338,7 @@ def _run_wrap(args: argparse.Namespace) -> int:
     wrap_model(
         args.foreign,
         args.out,
-        _validation(args, args.template),
+        validation_data(args, args.template),
         template=template_named(args.template),
         thresholds=dict(args.threshold) if args.threshold else None,
         convention=ForeignConvention(mean=args.mean, std=args.std, bgr=args.bgr),
@@ -433,7 +360,7 @@ def _run_omz(args: argparse.Namespace) -> int:
         convert_omz(
             args.xml,
             args.out,
-            _validation(args, args.template),
+            validation_data(args, args.template),
             template=template_named(args.template),
             training_data=args.training_data,
             parity_root=args.parity_faces,
@@ -468,98 +395,4 @@ def _run_yunet(args: argparse.Namespace) -> int:
         print(f"facemargin export {args.target}: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
-    return 0
-
-
-def format_contract(contract) -> str:
-    """The contract as a person reads it."""
-    lines = [
-        f"model        {contract.model_id} ({contract.variant}"
-        + (f", from {contract.parent_model_id})" if contract.parent_model_id else ")"),
-        f"network      {contract.backbone}, {contract.embedding_dim}-d embedding"
-        + (f", {contract.parameters:,} parameters" if contract.parameters else "")
-        + (f", {contract.macs / 1e9:.2f} GMAC" if contract.macs else ""),
-        f"input        {contract.input.name}: {contract.input.dtype} {contract.input.layout} "
-        f"(N, {contract.input.height}, {contract.input.width}, {contract.input.channels}) "
-        f"{contract.input.color}, {contract.input.normalisation}",
-        f"alignment    {contract.alignment_template} ({contract.template().size} px)",
-        f"source       {contract.source}, exported {contract.exported_at:%Y-%m-%d %H:%M} UTC "
-        f"by {contract.exporter}",
-    ]
-    if contract.objective is not None:
-        objective = contract.objective
-        parts = [f"{objective.head} {objective.head_params}" if objective.head else ""]
-        if objective.loss:
-            parts.append(f"{objective.loss} {objective.loss_params}")
-        lines.append("objective    " + " + ".join(p for p in parts if p))
-    if contract.training is not None:
-        t = contract.training
-        lines.append(
-            f"training     {t.data}"
-            + (f": {t.identities} identities" if t.identities else "")
-            + (f", {t.images:,} images" if t.images else "")
-            + (f", {t.epochs:g} epochs ({t.steps} steps)" if t.epochs is not None else "")
-            + (f", started from model {t.initialised_from}" if t.initialised_from else "")
-        )
-    if contract.calibration is None:
-        lines.append("thresholds   none: give the service an explicit threshold")
-    else:
-        c = contract.calibration
-        lines.append(
-            f"thresholds   {c.protocol}: {c.description}; {c.n_genuine:,} genuine / "
-            f"{c.n_impostor:,} impostor pairs, {c.n_images_without_face} of {c.n_images} "
-            "images without a face"
-        )
-        for point in c.operating_points:
-            tar = f"TAR {100 * point.tar:.2f}%" if point.tar is not None else "TAR not measured"
-            lines.append(f"  FAR {point.far:g}: cosine >= {point.threshold:.4f}  ({tar})")
-        for far in c.unsupported_fars:
-            lines.append(f"  FAR {far:g}: not calibrated (too few impostor pairs)")
-    for v in contract.validation:
-        tar = f"{100 * v.tar_at_far_1e3:.2f}%" if v.tar_at_far_1e3 is not None else "n/a"
-        lines.append(
-            f"validation   {v.protocol}: accuracy {100 * v.accuracy:.2f}% ± "
-            f"{100 * v.accuracy_std:.2f}, TAR@FAR1e-3 {tar} ({v.n_missing} of {v.n_pairs} "
-            "pairs with a missed face)"
-        )
-    if contract.parity is not None:
-        p = contract.parity
-        lines.append(
-            f"parity       vs {p.reference}: min cosine {p.min_cosine:.8f}, max |diff| "
-            f"{p.max_abs_diff:.2e} ({p.faces} faces, batches {p.batch_sizes})"
-        )
-    if contract.quantization is not None:
-        q = contract.quantization
-        lines.append(
-            f"quantization {q.method}; {q.calibration_faces} calibration faces; cosine to fp32 "
-            f"min {q.min_cosine_to_fp32:.5f}, median {q.median_cosine_to_fp32:.5f}"
-        )
-        for change in q.accuracy:
-            lines.append(
-                f"  {change.protocol}: {100 * change.accuracy_fp32:.2f}% -> "
-                f"{100 * change.accuracy:.2f}% ({change.change_pp:+.2f} pp, tolerance "
-                f"{q.tolerance_pp} pp)"
-            )
-    return "\n".join(lines)
-
-
-def _run_inspect(args: argparse.Namespace) -> int:
-    import onnxruntime as ort
-
-    from service.vision.contract import parse_contract
-
-    try:
-        session = ort.InferenceSession(str(args.model), providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own untyped errors for bad files
-        print(f"facemargin inspect: cannot load {args.model}: {error}", file=sys.stderr)
-        return 1
-    contract = parse_contract(session.get_modelmeta().custom_metadata_map)
-    if contract is None:
-        print(
-            f"facemargin inspect: {args.model} has no facemargin contract "
-            "(wrap it with: facemargin export wrap)",
-            file=sys.stderr,
-        )
-        return 1
-    print(contract.model_dump_json(indent=2) if args.json else format_contract(contract))
     return 0

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluation import missed_as_rejected, new_figure, plot_roc, roc_curve, tar_at_far
+from training.evaluation import missed_as_rejected, roc_curve, tar_at_far
+from training.plots import new_figure, plot_roc
 
 PROTOCOLS = ("cfp-ff", "cfp-fp")  # as training.protocols.read_cfp names them
 

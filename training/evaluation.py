@@ -1,4 +1,6 @@
-"""Face verification and open-set identification metrics. numpy only (plus pydantic for the
+"""Face verification metrics. numpy only (plus pydantic for the reports), so export and
+serving can reuse them to calibrate thresholds without the training stack. Open-set
+identification is `training.open_set`, plots `training.plots`.
 reports and matplotlib, imported lazily, for plots), so export and serving can reuse them to
 calibrate thresholds without the training stack.
 
@@ -44,36 +46,21 @@ Supported operating points
     sits above every impostor (observed FAR 0) and its TAR says nothing about FAR f: the point
     is still reported (the best available) but with ``supported = False`` and must not be
     quoted as "TAR at FAR f". The same rule applies to FPIR with non-mated probes.
-
-Open-set identification
-    A gallery of enrolled identities (one or more L2-normalised embeddings each) and probes,
-    each scored against every gallery row by cosine; a probe's top score and top identity
-    decide. *Mated* probes have their identity in the gallery, *non-mated* ones do not.
-
-    - rank-1 = mated probes whose top identity is theirs / mated probes.
-    - FPIR(t) = non-mated probes with top score >= t / non-mated probes.
-    - DIR at FPIR f = mated probes whose top identity is theirs AND top score >= t_f / mated
-      probes, with t_f = `threshold_at_far(non-mated top scores, f)`.
-    - A NaN probe row (no face) is a miss when mated and a false alarm at every threshold when
-      non-mated. A NaN gallery row (failed enrolment) still counts its identity as enrolled
-      but can never be the top match, so that identity's probes are misses.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 FAR_TARGETS = (1e-2, 1e-3, 1e-4)
-FPIR_TARGETS = (0.01, 0.1)
 
 # Thresholds can be +-inf (nothing or everything accepted); keep the JSON valid and
 # round-trippable by writing them as "Infinity"/"-Infinity" strings.
-_REPORT_CONFIG = ConfigDict(frozen=True, ser_json_inf_nan="strings")
+REPORT_CONFIG = ConfigDict(frozen=True, ser_json_inf_nan="strings")
 
 
 # --- reports -----------------------------------------------------------------------------
@@ -82,7 +69,7 @@ _REPORT_CONFIG = ConfigDict(frozen=True, ser_json_inf_nan="strings")
 class TarAtFar(BaseModel):
     """TAR at one FAR target. `far_achieved` is the FAR actually observed at `threshold`."""
 
-    model_config = _REPORT_CONFIG
+    model_config = REPORT_CONFIG
 
     far: float
     tar: float
@@ -94,7 +81,7 @@ class TarAtFar(BaseModel):
 
 
 class VerificationReport(BaseModel):
-    model_config = _REPORT_CONFIG
+    model_config = REPORT_CONFIG
 
     n_pairs: int
     n_genuine: int
@@ -112,37 +99,10 @@ class VerificationReport(BaseModel):
     tar_at_far: list[TarAtFar]
 
 
-class DirAtFpir(BaseModel):
-    """DIR at one FPIR target; `fpir_achieved` is the FPIR observed at `threshold`."""
-
-    model_config = _REPORT_CONFIG
-
-    fpir: float
-    dir: float
-    threshold: float
-    fpir_achieved: float
-    n_non_mated: int
-    n_non_mated_needed: int  # ceil(1/fpir)
-    supported: bool
-
-
-class OpenSetReport(BaseModel):
-    model_config = _REPORT_CONFIG
-
-    n_gallery: int
-    n_gallery_identities: int
-    n_mated: int
-    n_non_mated: int
-    n_missing: int  # probes with no face (NaN row): misses or false alarms
-    n_missing_gallery: int
-    rank1: float
-    dir_at_fpir: list[DirAtFpir]
-
-
 # --- input checks and small helpers ------------------------------------------------------
 
 
-def _check_pairs(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_pairs(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores as float64 (NaN = missing) and labels as bool, same length, at least one pair."""
     scores = np.asarray(scores, dtype=np.float64)
     same_in = np.asarray(same)
@@ -173,13 +133,13 @@ def _allowed_count(rate: float, n: int) -> int:
     return k
 
 
-def _needed_count(rate: float) -> int:
+def needed_count(rate: float) -> int:
     """ceil(1/rate): the fewest trials that can show a rate of `rate` (one event allowed)."""
     # The tiny shrink keeps 1/1e-3 from becoming 1001 through rounding noise.
     return math.ceil((1.0 / rate) * (1 - 1e-12))
 
 
-def _check_rate(rate: float, what: str) -> None:
+def check_rate(rate: float, what: str) -> None:
     if not 0 < rate <= 1:
         raise ValueError(f"{what} target must be in (0, 1], got {rate}")
 
@@ -194,7 +154,7 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     above every score; ties go to the lowest. NaN pairs are wrong at any threshold, so they
     cannot change the choice and are left out. 0.0 when no score is finite.
     """
-    scores, same = _check_pairs(scores, same)
+    scores, same = check_pairs(scores, same)
     finite = ~np.isnan(scores)
     scores, same = scores[finite], same[finite]
     if scores.size == 0:
@@ -220,7 +180,7 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
 
 def accuracy_at(scores: np.ndarray, same: np.ndarray, threshold: float) -> float:
     """Fraction of pairs decided right at `threshold`; NaN pairs are always wrong."""
-    scores, same = _check_pairs(scores, same)
+    scores, same = check_pairs(scores, same)
     # Comparisons with NaN are False both ways, so a NaN pair is neither a correct accept
     # nor a correct reject.
     correct = np.where(same, scores >= threshold, scores < threshold)
@@ -232,7 +192,7 @@ def kfold_accuracy(
 ) -> tuple[float, float, np.ndarray, np.ndarray]:
     """(mean accuracy, std, per-fold accuracy, per-fold threshold), folds in ascending order.
     Each fold is judged at the threshold that maximises accuracy on all the other folds."""
-    scores, same = _check_pairs(scores, same)
+    scores, same = check_pairs(scores, same)
     fold = np.asarray(fold)
     if fold.shape != scores.shape:
         raise ValueError(f"fold must have shape {scores.shape}, got {fold.shape}")
@@ -260,7 +220,7 @@ def roc_curve(scores: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndar
     is NaN. Consecutive points move up (genuine accepted), right (impostor accepted) or
     diagonally (tied scores), so joining them with lines draws the curve exactly.
     """
-    scores, same = _check_pairs(scores, same)
+    scores, same = check_pairs(scores, same)
     _check_both_kinds(same)
     n_genuine, n_impostor = int(same.sum()), int((~same).sum())
     missing = np.isnan(scores)
@@ -332,7 +292,7 @@ def threshold_at_far(impostor_scores: np.ndarray, far: float) -> float:
     return float(np.nextafter(dtype.type(finite[allowed]), dtype.type(np.inf)))
 
 
-def _accept_rate(scores: np.ndarray, threshold: float) -> float:
+def accept_rate(scores: np.ndarray, threshold: float) -> float:
     """Fraction accepted at `threshold`, counting NaN as accepted (impostor side)."""
     return float(np.mean(np.isnan(scores) | (scores >= threshold)))
 
@@ -352,22 +312,22 @@ def tar_at_far(
     """TAR at each FAR target, with the threshold, the FAR achieved and whether the number of
     impostors supports the target (n_impostor >= ceil(1/far))."""
     raw = np.asarray(scores)
-    checked, same = _check_pairs(raw, same)
+    checked, same = check_pairs(raw, same)
     _check_both_kinds(same)
     # Pass the impostors in their own dtype so float32 scores get a float32-exact threshold.
     impostors = raw[~same] if np.issubdtype(raw.dtype, np.floating) else checked[~same]
     genuine = checked[same]
     points = []
     for target in far_targets:
-        _check_rate(target, "FAR")
+        check_rate(target, "FAR")
         threshold = threshold_at_far(impostors, target)
-        needed = _needed_count(target)
+        needed = needed_count(target)
         points.append(
             TarAtFar(
                 far=target,
                 tar=float(np.mean(genuine >= threshold)),  # NaN genuine: never accepted
                 threshold=threshold,
-                far_achieved=_accept_rate(checked[~same], threshold),
+                far_achieved=accept_rate(checked[~same], threshold),
                 n_impostor=int(impostors.size),
                 n_impostor_needed=needed,
                 supported=impostors.size >= needed,
@@ -384,7 +344,7 @@ def verification_report(
 ) -> VerificationReport:
     """Everything above for one protocol: k-fold accuracy, AUC, EER, TAR at FAR (a missed
     face rejected, see the module docstring), counts."""
-    checked, same_bool = _check_pairs(scores, same)
+    checked, same_bool = check_pairs(scores, same)
     mean, std, fold_accuracy, fold_threshold = kfold_accuracy(checked, same_bool, fold)
     rate, rate_threshold = eer(checked, same_bool)
     missing = np.isnan(checked)
@@ -404,200 +364,3 @@ def verification_report(
         eer_threshold=rate_threshold,
         tar_at_far=tar_at_far(missed_as_rejected(checked), same_bool, far_targets),
     )
-
-
-# --- open-set identification -------------------------------------------------------------
-
-
-def _check_embeddings(x: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """float64 rows and which rows are missing (any NaN); present rows must be unit length,
-    because cosine similarity is computed as a dot product."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"{what} must be 2-D (rows, dim), got shape {x.shape}")
-    missing = np.isnan(x).any(axis=1)
-    norms = np.linalg.norm(x[~missing], axis=1)
-    if norms.size and not np.allclose(norms, 1.0, atol=1e-3):
-        raise ValueError(
-            f"{what} rows must be L2-normalised (norms {norms.min():.4g}..{norms.max():.4g})"
-        )
-    return x, missing
-
-
-def _top_matches(
-    gallery: np.ndarray, gallery_missing: np.ndarray, probes: np.ndarray, block: int = 4096
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each probe's best gallery row and its score (-inf when no gallery row is usable),
-    computed in blocks of probes to bound memory."""
-    index = np.zeros(len(probes), dtype=np.int64)
-    score = np.full(len(probes), -np.inf)
-    usable = np.flatnonzero(~gallery_missing)
-    if usable.size == 0:
-        return index, score
-    rows = gallery[usable]
-    for start in range(0, len(probes), block):
-        similarity = np.nan_to_num(probes[start : start + block], nan=0.0) @ rows.T
-        best = similarity.argmax(axis=1)  # first maximum on a tie
-        index[start : start + block] = usable[best]
-        score[start : start + block] = similarity[np.arange(len(best)), best]
-    return index, score
-
-
-def open_set_report(
-    gallery: np.ndarray,
-    gallery_ids: Sequence[str] | np.ndarray,
-    probes: np.ndarray,
-    probe_ids: Sequence[str] | np.ndarray,
-    fpir_targets: Sequence[float] = FPIR_TARGETS,
-) -> OpenSetReport:
-    """Rank-1 accuracy on mated probes and DIR at each FPIR target (definitions and the NaN
-    rule in the module docstring). `gallery` (G, d) and `probes` (Q, d) hold L2-normalised
-    rows; NaN rows are missing faces."""
-    gallery, gallery_missing = _check_embeddings(gallery, "gallery")
-    probes, probe_missing = _check_embeddings(probes, "probes")
-    gallery_ids = np.asarray(gallery_ids)
-    probe_ids = np.asarray(probe_ids)
-    if gallery_ids.shape != (len(gallery),) or probe_ids.shape != (len(probes),):
-        raise ValueError("need one identity per gallery row and per probe row")
-    if gallery.shape[1] != probes.shape[1]:
-        raise ValueError(f"gallery dim {gallery.shape[1]} != probe dim {probes.shape[1]}")
-    mated = np.isin(probe_ids, gallery_ids)
-    n_mated, n_non_mated = int(mated.sum()), int((~mated).sum())
-    if n_mated == 0 or n_non_mated == 0:
-        raise ValueError(
-            f"open-set evaluation needs mated and non-mated probes, got {n_mated} and {n_non_mated}"
-        )
-    best, top_score = _top_matches(gallery, gallery_missing, probes)
-    # A probe without a face identifies nobody (a miss) and, being NaN, is a false alarm at
-    # any threshold in threshold_at_far.
-    top_score[probe_missing] = np.nan
-    correct = (gallery_ids[best] == probe_ids) & ~probe_missing & np.isfinite(top_score)
-    non_mated_top = top_score[~mated]
-    points = []
-    for target in fpir_targets:
-        _check_rate(target, "FPIR")
-        threshold = threshold_at_far(non_mated_top, target)
-        hits = correct[mated] & (top_score[mated] >= threshold)
-        needed = _needed_count(target)
-        points.append(
-            DirAtFpir(
-                fpir=target,
-                dir=float(hits.mean()),
-                threshold=threshold,
-                fpir_achieved=_accept_rate(non_mated_top, threshold),
-                n_non_mated=n_non_mated,
-                n_non_mated_needed=needed,
-                supported=n_non_mated >= needed,
-            )
-        )
-    return OpenSetReport(
-        n_gallery=len(gallery),
-        n_gallery_identities=len(np.unique(gallery_ids)),
-        n_mated=n_mated,
-        n_non_mated=n_non_mated,
-        n_missing=int(probe_missing.sum()),
-        n_missing_gallery=int(gallery_missing.sum()),
-        rank1=float(correct[mated].mean()),
-        dir_at_fpir=points,
-    )
-
-
-def split_open_set(
-    ids: Sequence[str], paths: Sequence[str], known_fraction: float = 0.5, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(gallery indices, probe indices) into `ids`/`paths`, split by identity.
-
-    round(known_fraction * identities) identities, drawn with `seed` from the sorted list, are
-    known: each enrols its first image by sorted path, and its other images are mated probes.
-    Every image of the other identities is a non-mated probe. Indices come back ascending.
-    """
-    if len(ids) != len(paths):
-        raise ValueError(f"{len(ids)} ids but {len(paths)} paths")
-    if not 0 <= known_fraction <= 1:
-        raise ValueError(f"known_fraction must be in [0, 1], got {known_fraction}")
-    identities = sorted(set(ids))
-    order = np.random.default_rng(seed).permutation(len(identities))
-    known = {identities[i] for i in order[: round(known_fraction * len(identities))]}
-    first: dict[str, int] = {}
-    for i in sorted(range(len(paths)), key=lambda i: (paths[i], i)):
-        if ids[i] in known:
-            first.setdefault(ids[i], i)
-    gallery = np.array(sorted(first.values()), dtype=np.int64)
-    probe = np.setdiff1d(np.arange(len(ids), dtype=np.int64), gallery)
-    return gallery, probe
-
-
-# --- plots -------------------------------------------------------------------------------
-
-
-def new_figure(width: float, height: float):
-    """A figure not registered with pyplot: no GUI backend, no global state, safe in workers."""
-    import logging
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless, also for anything else that touches pyplot later
-    from matplotlib.figure import Figure
-
-    # Mathtext falls back from fonts this machine lacks and warns once per font; harmless.
-    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
-
-    return Figure(figsize=(width, height), layout="tight")
-
-
-def plot_roc(
-    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str = "ROC"
-) -> Path:
-    """Overlay ROC curves {name: (far, tar)} on a log FAR axis from 1e-4 to 1; write a PNG."""
-    fig = new_figure(6.5, 5)
-    ax = fig.subplots()
-    for name, (far, tar) in curves.items():
-        far, tar = np.asarray(far, dtype=np.float64), np.asarray(tar, dtype=np.float64)
-        keep = far > 0  # FAR 0 has no place on a log axis
-        ax.plot(far[keep], tar[keep], label=name)
-    ax.set(
-        xscale="log",
-        xlim=(1e-4, 1),
-        ylim=(0, 1.01),
-        xlabel="false accept rate",
-        ylabel="true accept rate",
-        title=title,
-    )
-    ax.grid(alpha=0.3, which="both")
-    if curves:
-        ax.legend(loc="lower right")
-    fig.savefig(path, dpi=110)
-    return Path(path)
-
-
-def plot_score_histograms(
-    scores: np.ndarray,
-    same: np.ndarray,
-    path: Path,
-    threshold: float | None = None,
-    title: str = "genuine vs impostor scores",
-) -> Path:
-    """Genuine and impostor score histograms on shared bins (NaN pairs counted in the
-    legend, not drawn); an optional threshold line. Writes a PNG."""
-    scores, same = _check_pairs(scores, same)
-    missing = np.isnan(scores)
-    finite = scores[~missing]
-    low, high = (finite.min(), finite.max()) if finite.size else (-1.0, 1.0)
-    bins = np.linspace(low, high if high > low else low + 1e-6, 61)
-    fig = new_figure(6.5, 4)
-    ax = fig.subplots()
-    for label, mask in (("genuine", same), ("impostor", ~same)):
-        values = scores[mask & ~missing]
-        ax.hist(
-            values,
-            bins=bins,
-            alpha=0.55,
-            density=bool(values.size),  # densities: the two kinds can differ in number
-            label=f"{label} ({values.size}, {int((mask & missing).sum())} missing)",
-        )
-    if threshold is not None and math.isfinite(threshold):
-        ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.3f}")
-    ax.set(xlabel="cosine similarity", ylabel="density", title=title)
-    ax.legend()
-    fig.savefig(path, dpi=110)
-    return Path(path)

@@ -13,14 +13,9 @@ import numpy as np
 import torch
 
 from training.embedder import embed_dataset, load_backbone
-from training.evaluation import (
-    open_set_report,
-    plot_roc,
-    plot_score_histograms,
-    roc_curve,
-    split_open_set,
-    verification_report,
-)
+from training.evaluation import roc_curve, verification_report
+from training.open_set import open_set_report, split_open_set
+from training.plots import plot_roc, plot_score_histograms
 from training.protocols import PairsProtocol
 
 FAR_TARGETS = (1e-2, 1e-3, 1e-4)

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -23,17 +22,16 @@ from training.config import TrainConfig
 from training.data import (
     BatchList,
     FaceDataset,
-    FaceIndex,
     index_faces,
     pk_batches,
     shuffled_batches,
     split_by_identity,
 )
 from training.embedder import embed_dataset
-from training.evaluation import kfold_accuracy
-from training.heads import build_head
-from training.losses import LOSSES, build_loss
+from training.held_out import held_out_accuracy
+from training.objective import Objective, TrainStep
 from training.onnx_network import ONNX_BACKBONE, ForeignBackbone
+from training.plots import plot_curves
 from training.warm_start import check_foreign, class_means, load_exported, open_exported
 
 # Faces whose statistics re-express a warm start's folded batch norms (one forward pass).
@@ -44,53 +42,6 @@ IMPRINT_FACES = 4
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
-
-
-class Objective(nn.Module):
-    """Embeddings and labels to the training loss: cross-entropy over a margin head's logits,
-    plus (or instead of) a loss on the embeddings themselves."""
-
-    def __init__(self, config: TrainConfig, num_classes: int) -> None:
-        super().__init__()
-        self.head = (
-            build_head(config.head, config.embedding_dim, num_classes, **config.head_params)
-            if config.head
-            else None
-        )
-        extra: dict[str, Any] = dict(config.loss_params)
-        if config.loss and LOSSES.trait(config.loss, "per_class"):
-            extra |= {"num_classes": num_classes, "feat_dim": config.embedding_dim}
-        self.embedding_loss = build_loss(config.loss, **extra) if config.loss else None
-
-    def forward(
-        self, embeddings: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = self.head(embeddings, labels) if self.head is not None else None
-        loss = embeddings.new_zeros((), dtype=torch.float32)
-        if logits is not None:
-            loss = loss + F.cross_entropy(logits.float(), labels)
-        if self.embedding_loss is not None:
-            loss = loss + self.embedding_loss(embeddings, labels)
-        return loss, logits
-
-
-class TrainStep(nn.Module):
-    """Backbone and objective as one module, so data-parallel training all-reduces the head's
-    gradients along with the backbone's. The backbone may run in mixed precision; the margin
-    arithmetic always runs in float32."""
-
-    def __init__(self, backbone: nn.Module, objective: Objective, amp: bool) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.objective = objective
-        self.amp = amp
-
-    def forward(
-        self, images: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with torch.autocast(images.device.type, enabled=self.amp):
-            embeddings = self.backbone(images)
-        return self.objective(embeddings.float(), labels)
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
@@ -364,7 +315,7 @@ class Trainer:
             self.state = RunState(epoch + 1, 0, self.state.global_step)
             last = self.validate(epoch + 1, time.perf_counter() - tick)
             self.save_checkpoint()
-            plot_curves(self.config.out)
+            plot_curves(self.config.out / METRICS_NAME, self.config.out / CURVES_NAME)
         return last
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int | None]:
@@ -436,89 +387,26 @@ class Trainer:
         record: dict[str, Any] = {"kind": "val", "epoch": epoch, "step": self.state.global_step}
         record["epoch_seconds"] = round(seconds, 1)
         if self.rank == 0 and self.config.val_pairs and self.val_index.num_classes >= 2:
-            scores, same, fold = validation_scores(
-                self.backbone, self.val_index, self.config, self.device
+            index = self.val_index
+            mean, std, n_pairs = held_out_accuracy(
+                lambda used: embed_dataset(
+                    self.backbone, index.root, [index.paths[i] for i in used], self.device
+                ),
+                index,
+                self.config.val_pairs,
+                self.config.seed,
             )
-            mean, std, *_ = kfold_accuracy(scores, same, fold)
             record |= {
-                "val_accuracy": round(float(mean), 4),
-                "val_accuracy_std": round(float(std), 4),
+                "val_accuracy": round(mean, 4),
+                "val_accuracy_std": round(std, 4),
+                "val_pairs": n_pairs,
             }
-            record["val_pairs"] = len(same)
             tqdm.write(f"epoch {epoch}: held-out verification accuracy {mean:.4f} ± {std:.4f}")
         self.log(record)
         return record
-
-
-def validation_pairs(
-    index: FaceIndex, n_pairs: int, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Up to `n_pairs` genuine pairs and as many impostor pairs, with 10 folds."""
-    rng = np.random.default_rng([seed, 7])
-    by_class = [np.flatnonzero(index.labels == c) for c in range(index.num_classes)]
-    genuine = [
-        (a, b) for members in by_class for i, a in enumerate(members) for b in members[i + 1 :]
-    ]
-    if len(genuine) > n_pairs:
-        genuine = [genuine[i] for i in rng.choice(len(genuine), n_pairs, replace=False)]
-    impostor: list[tuple[int, int]] = []
-    while len(impostor) < len(genuine):
-        a, b = rng.integers(0, len(index), size=2)
-        if index.labels[a] != index.labels[b]:
-            impostor.append((int(a), int(b)))
-    pairs = np.asarray(genuine + impostor, dtype=np.int64)
-    same = np.r_[np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]
-    fold = rng.permutation(len(pairs)) % 10
-    return pairs, same, fold
-
-
-def validation_scores(
-    backbone: nn.Module, index: FaceIndex, config: TrainConfig, device: torch.device
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    pairs, same, fold = validation_pairs(index, config.val_pairs, config.seed)
-    used = np.unique(pairs)
-    embeddings = embed_dataset(backbone, index.root, [index.paths[i] for i in used], device)
-    row = {int(i): r for r, i in enumerate(used)}
-    left = embeddings[[row[int(i)] for i in pairs[:, 0]]]
-    right = embeddings[[row[int(i)] for i in pairs[:, 1]]]
-    return (left * right).sum(axis=1), same, fold
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def plot_curves(run: Path) -> Path | None:
-    """Loss and accuracy against step, held-out accuracy against epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in (run / METRICS_NAME).read_text().splitlines() if line]
-    train = [r for r in records if r["kind"] == "train"]
-    val = [r for r in records if r["kind"] == "val" and "val_accuracy" in r]
-    if not train:
-        return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot([r["step"] for r in train], [r["loss"] for r in train])
-    axes[0].set(xlabel="step", ylabel="training loss", title="loss")
-    if any("accuracy" in r for r in train):
-        acc = [r for r in train if "accuracy" in r]
-        axes[1].plot([r["step"] for r in acc], [r["accuracy"] for r in acc])
-    axes[1].set(xlabel="step", ylabel="batch accuracy", title="training accuracy (head logits)")
-    if val:
-        axes[2].plot([r["epoch"] for r in val], [r["val_accuracy"] for r in val], marker="o")
-    axes[2].set(
-        xlabel="epoch", ylabel="10-fold accuracy", title="held-out identities, verification"
-    )
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    fig.suptitle(run.name)
-    fig.tight_layout()
-    path = run / CURVES_NAME
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -24,13 +24,12 @@ from training.frozen_trunk import (
     StageRun,
     load_protocol,
     read_objective,
-    split_network,
-    trunk_features,
 )
 from training.onnx_network import OnnxNetwork
 from training.protocols import read_pairs_list
 from training.scoring import ProtocolRun
 from training.trainer import CHECKPOINT_NAME, METRICS_NAME
+from training.trunk import split_network, trunk_features
 
 OMZ = MODELS / "face-reidentification-retail-0095.onnx"
 PUBLISHED = REPO / "docs" / "loss-comparison" / "pretrained"

@@ -12,8 +12,8 @@ from training.backbones import BACKBONES
 from training.config import TrainConfig
 from training.heads import HEADS
 from training.losses import LOSSES
+from training.objective import Objective
 from training.registry import Registry
-from training.trainer import Objective
 
 
 def test_names_hparams_traits_and_refusals():

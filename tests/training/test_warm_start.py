@@ -111,8 +111,8 @@ def test_a_resumed_warm_run_takes_its_weights_from_the_checkpoint(small_faces, t
 
 
 def test_the_exported_continuation_names_the_model_it_started_from(small_faces, tmp_path):
-    from export.cli import format_contract
     from export.from_checkpoint import export_checkpoint
+    from export.inspect_model import format_contract
 
     run = tmp_path / "run"
     trainer = Trainer(config(small_faces, run))
