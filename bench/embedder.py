@@ -39,7 +39,10 @@ def _runners(args: argparse.Namespace) -> dict[str, Runner]:
     runners: dict[str, Runner] = {}
     for path in args.models:
         embedder = Embedder(path, threads=args.threads, batch_size=1 << 20)
-        name = f"{path.stem} ({embedder.contract.variant}, onnxruntime)"
+        runtime = (
+            "onnxruntime" if embedder.providers[0].endswith("ExecutionProvider") else "OpenVINO"
+        )
+        name = f"{path.stem} ({embedder.contract.variant}, {runtime})"
         runners[name] = (embedder.contract.input.height, embedder.embed)
     if args.checkpoint:
         import torch

@@ -128,7 +128,7 @@ def main() -> None:
         "--configs",
         nargs="+",
         default=["batching on", "batching off"],
-        choices=["batching on", "batching off", "mtcnn+mobilefacenet"],
+        choices=["batching on", "batching off", "bf16", "mtcnn+mobilefacenet"],
     )
     parser.add_argument(
         "--env",
@@ -157,6 +157,12 @@ def main() -> None:
     envs = {
         "batching on": {},
         "batching off": {"FACEMARGIN_BATCH_MAX_SIZE": "1"},
+        # The default embedder's bf16 variant, run by OpenVINO (CPUs with native bfloat16).
+        "bf16": {
+            "FACEMARGIN_MODEL_PATH": str(
+                ROOT / "models" / "face-reidentification-retail-0095-bf16.onnx"
+            )
+        },
         # The defaults before issue 16, to measure the new ones against on the same machine.
         "mtcnn+mobilefacenet": {
             "FACEMARGIN_DETECTOR": "mtcnn",

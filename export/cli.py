@@ -10,12 +10,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from export.detector_cli import add_detector_targets, quiet_torch
 from export.inspect_model import run_inspect
 from export.validation_flags import ExportFailed, add_validation_flags, validation_data
 
-# Kept here, not imported from export.mtcnn, so `facemargin --help` never loads torch.
-WHEEL_NAME = "facenet_pytorch-2.6.0-py3-none-any.whl"
-TARGETS = ("model", "fp16", "int8", "wrap", "omz", "detector", "yunet")
+TARGETS = ("model", "fp16", "int8", "bf16", "wrap", "omz", "detector", "yunet")
 
 
 def default_target(argv: Sequence[str]) -> list[str]:
@@ -42,6 +41,7 @@ def _reports_failures(run: Callable[[argparse.Namespace], int]):
         from export.variants import VariantRejected
         from export.wrap import ForeignModelError
         from service.vision.embedder import ModelContractError
+        from service.vision.openvino_runner import OpenVinoUnavailable
 
         try:
             return run(args)
@@ -52,6 +52,7 @@ def _reports_failures(run: Callable[[argparse.Namespace], int]):
             ForeignModelError,
             ModelContractError,
             OpenVinoMissing,
+            OpenVinoUnavailable,
             FileNotFoundError,
         ) as error:
             print(f"facemargin export {args.target}: error: {error}", file=sys.stderr)
@@ -73,10 +74,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_model(targets)
     _add_fp16(targets)
     _add_int8(targets)
+    _add_bf16(targets)
     _add_wrap(targets)
     _add_omz(targets)
-    _add_detector(targets)
-    _add_yunet(targets)
+    add_detector_targets(targets)
     inspect = commands.add_parser(
         "inspect",
         help="print the contract inside a model file",
@@ -145,6 +146,26 @@ def _add_int8(targets: argparse._SubParsersAction) -> None:
     )
     add_validation_flags(int8, optional=False)
     int8.set_defaults(run=_run_int8)
+
+
+def _add_bf16(targets: argparse._SubParsersAction) -> None:
+    bf16 = targets.add_parser(
+        "bf16",
+        help="bfloat16 variant run by OpenVINO (for CPUs with AMX or AVX-512 BF16)",
+        description="Mark an fp32 model to be served by OpenVINO's CPU plugin at bfloat16 "
+        "precision (weights unchanged, a model id of its own), then measure it on that path: "
+        "per-face cosine to fp32, the accuracy change on the validation protocols, thresholds. "
+        "Writes nothing if a drop exceeds --tolerance. Needs openvino and a CPU with native "
+        "bfloat16, here and wherever the file is served.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    bf16.add_argument("model", type=Path, help="fp32 model from facemargin export")
+    bf16.add_argument("out", type=Path)
+    bf16.add_argument(
+        "--tolerance", type=float, default=0.5, help="largest accuracy drop, percentage points"
+    )
+    add_validation_flags(bf16, optional=False)
+    bf16.set_defaults(run=_run_bf16)
 
 
 def _far_threshold(text: str) -> tuple[float, float]:
@@ -234,48 +255,6 @@ def _add_omz(targets: argparse._SubParsersAction) -> None:
     omz.set_defaults(run=_run_omz)
 
 
-def _add_detector(targets: argparse._SubParsersAction) -> None:
-    detector = targets.add_parser(
-        "detector",
-        help="convert the MTCNN weights from the facenet-pytorch wheel to ONNX",
-        description="Rebuild MTCNN's PNet/RNet/ONet in PyTorch, load the weights shipped in "
-        f"{WHEEL_NAME} (MIT licence) and write mtcnn_{{pnet,rnet,onet}}.onnx. "
-        "Get the wheel without its dependencies: "
-        "pip download facenet-pytorch==2.6.0 --no-deps -d DIR",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    detector.add_argument(
-        "--wheel", type=Path, required=True, help="the wheel file, or its unpacked folder"
-    )
-    detector.add_argument("--out", type=Path, default=Path("models"), help="output folder")
-    detector.add_argument("--opset", type=int, default=18, help="ONNX opset")
-    detector.set_defaults(run=_run_detector)
-
-
-def _add_yunet(targets: argparse._SubParsersAction) -> None:
-    yunet = targets.add_parser(
-        "yunet",
-        help="make OpenCV Zoo's YuNet face detector run at any input size",
-        description="Rewrite face_detection_yunet_2023mar.onnx (MIT licence, OpenCV Zoo) so "
-        "its input is (1, 3, height, width) instead of a fixed 640x640; nodes and weights are "
-        "unchanged, and the source's name, SHA-256 and licence go into the file's metadata. "
-        "Needs the onnx package (the train extra).",
-    )
-    yunet.add_argument("source", type=Path, help="face_detection_yunet_2023mar.onnx")
-    yunet.add_argument("out", type=Path, help="output .onnx (the service reads models/yunet.onnx)")
-    yunet.set_defaults(run=_run_yunet)
-
-
-def _quiet_torch() -> None:
-    import logging
-    import warnings
-
-    # The exporter logs every operator registration and torch's pytree code warns about
-    # itself; neither is actionable here.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-
-
 def _print_summary(out: Path) -> None:
     from export.inspect_model import format_contract
     from export.onnx_model import read_contract
@@ -288,7 +267,7 @@ def _print_summary(out: Path) -> None:
 
 @_reports_failures
 def _run_model(args: argparse.Namespace) -> int:
-    _quiet_torch()
+    quiet_torch()
     from export.from_checkpoint import checkpoint_template, export_checkpoint
 
     export_checkpoint(
@@ -325,6 +304,22 @@ def _run_int8(args: argparse.Namespace) -> int:
         calibration_faces=args.calibration_count,
         tolerance_pp=args.tolerance,
         method=args.method,
+    )
+    _print_summary(args.out)
+    return 0
+
+
+@_reports_failures
+def _run_bf16(args: argparse.Namespace) -> int:
+    from export.variants import BF16_MEASURED_HERE, make_bf16
+    from service.vision.openvino_runner import require_bf16
+
+    require_bf16(BF16_MEASURED_HERE)  # before CFP is aligned, which takes minutes
+    make_bf16(
+        args.model,
+        args.out,
+        validation_data(args, _template_of(args.model)),
+        tolerance_pp=args.tolerance,
     )
     _print_summary(args.out)
     return 0
@@ -368,31 +363,4 @@ def _run_omz(args: argparse.Namespace) -> int:
     except ValueError as error:  # an IR the converter cannot express, said in one line
         raise ExportFailed(str(error)) from None
     _print_summary(args.out)
-    return 0
-
-
-def _run_detector(args: argparse.Namespace) -> int:
-    _quiet_torch()
-    from export.detector_check import parity_report
-    from export.mtcnn import export_nets, load_nets
-
-    _quiet_torch()  # importing torch resets its loggers' levels
-    nets = load_nets(args.wheel)
-    for path in export_nets(nets, args.out, opset=args.opset):
-        print(f"wrote {path} ({path.stat().st_size:,} bytes)")
-    for name, max_diff in parity_report(nets, args.out).items():
-        print(f"{name}: max |torch - onnxruntime| = {max_diff:.2e}")
-    return 0
-
-
-def _run_yunet(args: argparse.Namespace) -> int:
-    # Not @_reports_failures: that imports the torch-based exporters, which this needs not.
-    from export.yunet import convert_yunet
-
-    try:
-        convert_yunet(args.source, args.out)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"facemargin export {args.target}: error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out} ({args.out.stat().st_size:,} bytes)")
     return 0

@@ -73,10 +73,14 @@ def export_embedding_network(backbone: nn.Module, path: Path, opset: int = DEFAU
     return path
 
 
-def weights_id(model: onnx.ModelProto) -> str:
+def weights_id(model: onnx.ModelProto, precision: str | None = None) -> str:
     """sha256 over the initializers (name order, dtype, shape, bytes): the same weights give
-    the same id whatever the export date or metadata; first 16 hex digits."""
+    the same id whatever the export date or metadata; first 16 hex digits. A `precision` the
+    weights are run at other than their own (bf16) is hashed too: the same weights computed
+    in bfloat16 give other embeddings, and a gallery must not mix the two."""
     digest = hashlib.sha256()
+    if precision is not None:
+        digest.update(f"precision|{precision}|".encode())
     for tensor in sorted(model.graph.initializer, key=lambda t: t.name):
         array = numpy_helper.to_array(tensor)
         digest.update(f"{tensor.name}|{array.dtype}|{array.shape}|".encode())

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from export.calibration import ValidationData
-from service.vision.contract import EMBEDDING_OUTPUT, INPUT_NAME, Parity
+from service.vision.contract import Parity
 from service.vision.embedder import Embedder
 from training.data import IMAGE_SUFFIXES, load_rgb, to_tensor
 
@@ -53,10 +53,7 @@ def checkpoint_embeddings(backbone: nn.Module, faces: np.ndarray) -> np.ndarray:
 
 
 def run_in_batches(embedder: Embedder, faces: np.ndarray, batch_size: int) -> np.ndarray:
-    chunks = [
-        embedder.session.run([EMBEDDING_OUTPUT], {INPUT_NAME: faces[i : i + batch_size]})[0]
-        for i in range(0, len(faces), batch_size)
-    ]
+    chunks = [embedder.run(faces[i : i + batch_size])[0] for i in range(0, len(faces), batch_size)]
     return np.concatenate(chunks)
 
 

@@ -1,9 +1,11 @@
 """Smaller and faster copies of an exported fp32 model: fp16 for GPUs, int8 (static, QDQ,
-per-channel) for CPUs. Each variant is a model of its own: new weights id, the fp32 model as
+per-channel) for CPUs, bf16 (the same weights run by OpenVINO at bfloat16) for CPUs that have
+it. Each variant is a model of its own: new weights id, the fp32 model as
 its parent, thresholds re-measured on the variant itself, and proof of how far it moved."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -18,10 +20,12 @@ from export.parity import aligned_faces, compare, parity_faces, run_in_batches
 from export.wrap import unwrap, wrap_graph
 from service.vision.contract import INPUT_NAME, AccuracyChange, ModelContract, Quantization
 from service.vision.embedder import Embedder, ModelContractError
+from service.vision.openvino_runner import require_bf16
 
 FP16_MIN_COSINE = 0.9995
 INT8_OPS = ["Conv", "Gemm", "MatMul"]
 DEFAULT_TOLERANCE_PP = 0.5
+BF16_MEASURED_HERE = "a bf16 variant is measured on the path that will serve it, so making one"
 
 
 def topologically_sorted(graph: onnx.GraphProto) -> None:
@@ -187,62 +191,135 @@ def make_int8(
             )
         model = onnx.load(str(partial))
         onnx.checker.check_model(model)
-        write_contract(partial, parent.model_copy(update={"variant": "int8"}))
 
-        before = measure(Embedder(source), validation, progress)
-        after = measure(Embedder(partial), validation, progress)
-        images = sorted(before.vectors)
-        cosine = _cosines(
-            np.stack([before.vectors[p] for p in images]),
-            np.stack([after.vectors[p] for p in images]),
+        return _measured_variant(
+            source,
+            partial,
+            out,
+            parent,
+            weights_id(model),
+            "int8",
+            f"static QDQ, per-channel, uint8 activations / int8 weights, {method}",
+            len(faces),
+            validation,
+            tolerance_pp,
+            progress,
+            report,
         )
-        changes = [
-            AccuracyChange(
-                protocol=a.protocol,
-                accuracy_fp32=a.accuracy,
-                accuracy=b.accuracy,
-                change_pp=100 * (b.accuracy - a.accuracy),
-            )
-            for a, b in zip(before.validations, after.validations, strict=True)
-        ]
-        for change in changes:
-            report(
-                f"int8 {change.protocol}: accuracy {100 * change.accuracy_fp32:.2f}% -> "
-                f"{100 * change.accuracy:.2f}% ({change.change_pp:+.2f} pp)"
-            )
-        report(
-            f"int8 cosine to fp32 over {cosine.size} faces: min {cosine.min():.5f}, "
-            f"1st percentile {np.percentile(cosine, 1):.5f}, median {np.median(cosine):.5f}"
-        )
-        worst = min(changes, key=lambda c: c.change_pp)
-        if worst.change_pp < -tolerance_pp:
-            raise VariantRejected(
-                f"int8 loses {-worst.change_pp:.2f} pp of accuracy on {worst.protocol} "
-                f"(tolerance {tolerance_pp} pp); not written"
-            )
-        quantization = Quantization(
-            method=f"static QDQ, per-channel, uint8 activations / int8 weights, {method}",
-            calibration_faces=len(faces),
-            faces_compared=int(cosine.size),
-            min_cosine_to_fp32=float(cosine.min()),
-            median_cosine_to_fp32=float(np.median(cosine)),
-            accuracy=changes,
-            tolerance_pp=tolerance_pp,
-        )
-        contract = parent.model_copy(
-            update={
-                "model_id": weights_id(model),
-                "parent_model_id": parent.model_id,
-                "variant": "int8",
-                "exported_at": datetime.now(UTC),
-                "calibration": after.calibration,
-                "validation": after.validations,
-                "parity": None,
-                "quantization": quantization,
-            }
-        )
-        write_contract(partial, contract)
-        partial.replace(out)
-        return contract
     finally:
         partial.unlink(missing_ok=True)
+
+
+def make_bf16(
+    source: Path,
+    out: Path,
+    validation: ValidationData,
+    tolerance_pp: float = DEFAULT_TOLERANCE_PP,
+    progress: bool = True,
+    report: Callable[[str], None] = print,
+) -> ModelContract:
+    """The fp32 file's graph and weights unchanged, marked to run in OpenVINO at bfloat16
+    precision; measured on that path here (so only on a CPU with native bfloat16) and refused
+    (VariantRejected) when accuracy drops beyond `tolerance_pp`."""
+    parent = _fp32_source(source)
+    require_bf16(BF16_MEASURED_HERE)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        shutil.copyfile(source, partial)
+        model = onnx.load(str(partial))
+        return _measured_variant(
+            source,
+            partial,
+            out,
+            parent,
+            weights_id(model, precision="bf16"),
+            "bf16",
+            "bfloat16 inference precision, OpenVINO CPU plugin (weights unchanged)",
+            0,
+            validation,
+            tolerance_pp,
+            progress,
+            report,
+        )
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _measured_variant(
+    source: Path,
+    partial: Path,
+    out: Path,
+    parent: ModelContract,
+    model_id: str,
+    variant: str,
+    method: str,
+    calibration_faces: int,
+    validation: ValidationData,
+    tolerance_pp: float,
+    progress: bool,
+    report: Callable[[str], None],
+) -> ModelContract:
+    """Measure the variant at `partial` against its fp32 source on `validation` (accuracy per
+    protocol, per-face cosine), refuse it beyond `tolerance_pp`, otherwise write its contract
+    with thresholds measured on itself and move it to `out`."""
+    write_contract(
+        partial,
+        parent.model_copy(
+            update={"model_id": model_id, "parent_model_id": parent.model_id, "variant": variant}
+        ),
+    )
+    before = measure(Embedder(source), validation, progress)
+    after = measure(Embedder(partial), validation, progress)
+    images = sorted(before.vectors)
+    cosine = _cosines(
+        np.stack([before.vectors[p] for p in images]),
+        np.stack([after.vectors[p] for p in images]),
+    )
+    changes = [
+        AccuracyChange(
+            protocol=a.protocol,
+            accuracy_fp32=a.accuracy,
+            accuracy=b.accuracy,
+            change_pp=100 * (b.accuracy - a.accuracy),
+        )
+        for a, b in zip(before.validations, after.validations, strict=True)
+    ]
+    for change in changes:
+        report(
+            f"{variant} {change.protocol}: accuracy {100 * change.accuracy_fp32:.2f}% -> "
+            f"{100 * change.accuracy:.2f}% ({change.change_pp:+.2f} pp)"
+        )
+    report(
+        f"{variant} cosine to fp32 over {cosine.size} faces: min {cosine.min():.5f}, "
+        f"1st percentile {np.percentile(cosine, 1):.5f}, median {np.median(cosine):.5f}"
+    )
+    worst = min(changes, key=lambda c: c.change_pp)
+    if worst.change_pp < -tolerance_pp:
+        raise VariantRejected(
+            f"{variant} loses {-worst.change_pp:.2f} pp of accuracy on {worst.protocol} "
+            f"(tolerance {tolerance_pp} pp); not written"
+        )
+    quantization = Quantization(
+        method=method,
+        calibration_faces=calibration_faces,
+        faces_compared=int(cosine.size),
+        min_cosine_to_fp32=float(cosine.min()),
+        median_cosine_to_fp32=float(np.median(cosine)),
+        accuracy=changes,
+        tolerance_pp=tolerance_pp,
+    )
+    contract = parent.model_copy(
+        update={
+            "model_id": model_id,
+            "parent_model_id": parent.model_id,
+            "variant": variant,
+            "exported_at": datetime.now(UTC),
+            "calibration": after.calibration,
+            "validation": after.validations,
+            "parity": None,
+            "quantization": quantization,
+        }
+    )
+    write_contract(partial, contract)
+    partial.replace(out)
+    return contract

@@ -125,7 +125,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         # The app factory reads its settings from the environment (in every worker process).
         os.environ["FACEMARGIN_DATA_DIR"] = str(args.data_dir.resolve())
     from service.api.connections import HeaderDeadline
+    from service.api.settings import get_settings
+    from service.vision.embedder import ModelContractError, check_servable
 
+    try:
+        check_servable(get_settings().model_path)
+    except ModelContractError as error:
+        print(f"facemargin serve: error: {error}", file=sys.stderr)
+        return 1
     uvicorn.run(
         "service.api.app:create_app",
         factory=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -97,3 +98,33 @@ def test_the_serving_install_says_which_commands_need_the_train_extra(argv, work
         assert done.returncode != 0 and "Traceback" not in done.stderr
         assert done.stderr.strip().count("\n") == 0
         assert "pip install 'facemargin[train]'" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [
+        ("models/yunet.onnx", "has no facemargin contract"),  # a detector given as embedder
+        ("models/no-such-model.onnx", "no such model file"),
+        ("README.md", "not a loadable ONNX model"),
+    ],
+)
+def test_serve_refuses_a_model_it_cannot_serve_in_one_line(model, says, tmp_path):
+    """Before uvicorn starts: one line naming the file and why, exit status 1, no traceback."""
+    from tests.conftest import REPO
+
+    env = {
+        **os.environ,
+        "FACEMARGIN_MODEL_PATH": str(REPO / model),
+        "FACEMARGIN_DATA_DIR": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0] and "Traceback" not in result.stderr
+    assert lines[0].startswith("facemargin serve: error:")

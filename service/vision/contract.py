@@ -178,11 +178,18 @@ class Quantization(_Strict):
 
 class ModelContract(_Strict):
     format: Literal["facemargin-model-1"] = CONTRACT_FORMAT
-    model_id: str = Field(description="sha256 of the weights, first 16 hex digits.")
-    parent_model_id: str | None = Field(
-        None, description="For fp16/int8 variants: the fp32 model they were made from."
+    model_id: str = Field(
+        description="sha256 of the weights (and of the precision, for a bf16 variant), first "
+        "16 hex digits."
     )
-    variant: Literal["fp32", "fp16", "int8"] = "fp32"
+    parent_model_id: str | None = Field(
+        None, description="For variants: the fp32 model they were made from."
+    )
+    variant: Literal["fp32", "fp16", "int8", "bf16"] = Field(
+        "fp32",
+        description="fp32; fp16 (for GPUs); int8 (static quantisation, for CPUs); bf16 (the "
+        "fp32 weights run by OpenVINO at bfloat16 precision, for CPUs with native bfloat16).",
+    )
     embedding_dim: int = Field(gt=0)
     input: InputSpec = InputSpec()
     outputs: dict[str, str] = Field(

@@ -2,7 +2,8 @@
 
 The one inference path: the service, `facemargin export`'s threshold calibration and the
 benchmarks all call this class, so a threshold is always measured by the code that will apply
-it.
+it. onnxruntime runs every file except a `bf16` variant, which OpenVINO runs at the precision
+its thresholds were measured at (`openvino_runner.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from service.vision.contract import (
     ModelContract,
     parse_contract,
 )
+from service.vision.openvino_runner import PROVIDER_NAME as BF16_PROVIDER
+from service.vision.openvino_runner import OpenVinoBf16Runner, OpenVinoUnavailable, require_bf16
 
 
 class ModelContractError(ValueError):
@@ -64,6 +67,42 @@ def choose_providers(kind: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _checked_contract(session: ort.InferenceSession, path: Path) -> ModelContract:
+    """The file's contract, after checking it has our input and outputs and that this process
+    can run its variant."""
+    contract = parse_contract(session.get_modelmeta().custom_metadata_map)
+    if contract is None:
+        raise ModelContractError(
+            f"{path} has no facemargin contract; "
+            "wrap it with: facemargin export wrap MODEL.onnx OUT.onnx"
+        )
+    if INPUT_NAME not in {i.name for i in session.get_inputs()}:
+        raise ModelContractError(f"{path} has no input named {INPUT_NAME!r}")
+    if not {EMBEDDING_OUTPUT, NORM_OUTPUT} <= {o.name for o in session.get_outputs()}:
+        raise ModelContractError(
+            f"{path} lacks the outputs {EMBEDDING_OUTPUT!r} and {NORM_OUTPUT!r}"
+        )
+    if contract.variant == "bf16":
+        try:
+            require_bf16(f"{path}, a bf16 variant (serve its fp32 parent otherwise),")
+        except OpenVinoUnavailable as error:
+            raise ModelContractError(str(error)) from None
+    return contract
+
+
+def check_servable(path: Path) -> ModelContract:
+    """What `Embedder(path)` would refuse, refused before a server starts (one line, not a
+    start-up traceback): a missing file, no contract, a variant this machine cannot run."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelContractError(f"{path}: no such model file")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own untyped errors for files it cannot read
+        raise ModelContractError(f"{path}: not a loadable ONNX model ({error})") from None
+    return _checked_contract(session, path)
+
+
 class Embedder:
     def __init__(
         self,
@@ -73,37 +112,36 @@ class Embedder:
         batch_size: int = 32,
     ) -> None:
         self.path = Path(path)
-        self.session = ort.InferenceSession(
-            str(self.path),
-            sess_options=session_options(threads),
-            providers=providers or ["CPUExecutionProvider"],
-        )
         wanted = providers or ["CPUExecutionProvider"]
-        if wanted[0] != "CPUExecutionProvider" and self.session.get_providers()[0] != wanted[0]:
+        session = ort.InferenceSession(
+            str(self.path), sess_options=session_options(threads), providers=wanted
+        )
+        if wanted[0] != "CPUExecutionProvider" and session.get_providers()[0] != wanted[0]:
             # onnxruntime drops a provider that fails to initialise (no driver, no device).
             raise ModelContractError(f"{wanted[0]} did not start; refusing to fall back to CPU")
-        contract = parse_contract(self.session.get_modelmeta().custom_metadata_map)
-        if contract is None:
-            raise ModelContractError(
-                f"{self.path} has no facemargin contract; "
-                "wrap it with: facemargin export wrap MODEL.onnx OUT.onnx"
-            )
-        self.contract: ModelContract = contract
+        self.contract: ModelContract = _checked_contract(session, self.path)
         # Resolved once: every request aligns to it.
-        self.template: Template = contract.template()
+        self.template: Template = self.contract.template()
         self.batch_size = batch_size
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        if INPUT_NAME not in inputs:
-            raise ModelContractError(f"{self.path} has no input named {INPUT_NAME!r}")
-        outputs = {o.name for o in self.session.get_outputs()}
-        if not {EMBEDDING_OUTPUT, NORM_OUTPUT} <= outputs:
-            raise ModelContractError(
-                f"{self.path} lacks the outputs {EMBEDDING_OUTPUT!r} and {NORM_OUTPUT!r}"
-            )
+        # A bf16 variant runs in OpenVINO only; its onnxruntime session was for the checks.
+        self._bf16 = (
+            OpenVinoBf16Runner(self.path, threads) if self.contract.variant == "bf16" else None
+        )
+        self._session = None if self._bf16 is not None else session
 
     @property
     def providers(self) -> list[str]:
-        return self.session.get_providers()
+        if self._session is None:
+            return [BF16_PROVIDER]
+        return self._session.get_providers()
+
+    def run(self, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings, norms) of one batch exactly as given, on this file's runtime."""
+        if self._session is None:
+            assert self._bf16 is not None
+            return self._bf16.run(faces)
+        vectors, norms = self._session.run([EMBEDDING_OUTPUT, NORM_OUTPUT], {INPUT_NAME: faces})
+        return vectors, norms
 
     def embed(self, faces: np.ndarray) -> Embeddings:
         """Embeddings for faces aligned to the contract's template, uint8 (N, size, size, 3)
@@ -121,7 +159,7 @@ class Embedder:
         vectors, norms = [], []
         for start in range(0, len(faces), self.batch_size):
             chunk = np.ascontiguousarray(faces[start : start + self.batch_size])
-            vector, norm = self.session.run([EMBEDDING_OUTPUT, NORM_OUTPUT], {INPUT_NAME: chunk})
+            vector, norm = self.run(chunk)
             vectors.append(vector)
             norms.append(norm)
         return Embeddings(np.concatenate(vectors), np.concatenate(norms))

@@ -1,17 +1,21 @@
-"""fp16 and int8 variants: each a model of its own, measured against its fp32 parent."""
+"""fp16, int8 and bf16 variants: each a model of its own, measured against its fp32 parent."""
 
 from __future__ import annotations
 
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from export.onnx_model import read_contract
+from export.onnx_model import read_contract, write_contract
 from export.parity import aligned_faces
 from service.cli import main
-from service.vision.embedder import Embedder
+from service.vision.embedder import Embedder, ModelContractError
+from service.vision.openvino_runner import PROVIDER_NAME as BF16_PROVIDER
+from service.vision.openvino_runner import bf16_capable
 from tests.conftest import DATA, MODELS, prepare_subset
 from tests.export.conftest import all_pairs, balanced
 
@@ -109,3 +113,71 @@ def test_int8_calibrated_on_blank_images_is_refused(cfp_balanced, tmp_path, caps
     err = capsys.readouterr().err
     assert "not written" in err, err
     assert not out.exists() and not (tmp_path / "int8.onnx.partial").exists()
+
+
+OMZ = MODELS / "face-reidentification-retail-0095.onnx"
+
+
+@pytest.fixture(scope="module")
+def omz_pairs(tmp_path_factory) -> tuple[Path, Path]:
+    """Every pair among CFP frontal faces of 20 people (about 4,700 impostor pairs: enough for
+    thresholds down to FAR 1e-3), aligned onto OMZ's template."""
+    root = prepare_subset(
+        tmp_path_factory.mktemp("cfp-omz"),
+        20,
+        5,
+        source=DATA / "val" / "cfp" / "Data" / "Images",
+        pattern="frontal/*.jpg",
+        template_name="omz-128-5pt",
+    )
+    path = root.parent / "pairs.txt"
+    path.write_text("\n".join(all_pairs(root)) + "\n")
+    return root, path
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bf16_capable(), reason="no openvino, or no native bfloat16 on this CPU")
+def test_bf16_variant_is_measured_and_served_on_openvino(omz_pairs, tmp_path, capsys):
+    root, pairs = omz_pairs
+    out = tmp_path / "bf16.onnx"
+    assert main(["export", "bf16", str(OMZ), str(out), *_validation(root, pairs)]) == 0
+    assert "bf16 pairs: accuracy" in capsys.readouterr().out
+    parent, contract = read_contract(OMZ), read_contract(out)
+    assert contract.variant == "bf16" and contract.parent_model_id == parent.model_id
+    # Same weights, other embeddings: a model id of its own, so no gallery mixes the two.
+    assert contract.model_id != parent.model_id
+    quantization = contract.quantization
+    assert 0.995 < quantization.min_cosine_to_fp32 <= quantization.median_cosine_to_fp32 < 1.0
+    (change,) = quantization.accuracy
+    assert abs(change.change_pp) <= 0.5
+    assert contract.calibration is not None and contract.calibration.operating_points
+
+    served, reference = Embedder(out), Embedder(OMZ)
+    assert served.providers == [BF16_PROVIDER]
+    faces = aligned_faces(root, 24, 128)
+    half, full = served.embed(faces), reference.embed(faces)
+    cosine = np.sum(half.vectors * full.vectors, axis=1)
+    # bfloat16 really ran (not a silent float32 fallback), and stayed close.
+    assert cosine.min() > 0.995 and np.abs(half.vectors - full.vectors).max() > 1e-4
+    np.testing.assert_allclose(np.linalg.norm(half.vectors, axis=1), 1.0, atol=1e-5)
+    # Threads share one compiled model: concurrent batches give what one thread gives.
+    starts = range(0, 24, 6)
+    alone = [served.embed(faces[i : i + 6]).vectors for i in starts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda i: served.embed(faces[i : i + 6]).vectors, starts))
+    np.testing.assert_allclose(np.concatenate(together), np.concatenate(alone), atol=1e-6)
+
+
+@pytest.mark.skipif(bf16_capable(), reason="this CPU has native bfloat16")
+def test_bf16_variant_is_refused_where_bfloat16_is_not_native(omz_pairs, tmp_path, capsys):
+    """Where OpenVINO would quietly compute in float32, neither export nor serving pretends."""
+    root, pairs = omz_pairs
+    out = tmp_path / "bf16.onnx"
+    assert main(["export", "bf16", str(OMZ), str(out), *_validation(root, pairs)]) == 1
+    assert "native bfloat16" in capsys.readouterr().err
+    assert not out.exists()
+    marked = tmp_path / "marked.onnx"
+    shutil.copyfile(OMZ, marked)
+    write_contract(marked, read_contract(OMZ).model_copy(update={"variant": "bf16"}))
+    with pytest.raises(ModelContractError, match=r"bfloat16|openvino"):
+        Embedder(marked)
