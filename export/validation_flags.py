@@ -59,7 +59,11 @@ def validation_data(args: argparse.Namespace, template_name: str = "arcface-112-
 
         if args.pairs_root is None:
             raise ExportFailed("--pairs needs --pairs-root (the aligned faces it names)")
-        return ValidationData(aligned_root=args.pairs_root, pairs=read_pairs_list(args.pairs))
+        try:
+            pairs = read_pairs_list(args.pairs)
+        except ValueError as error:  # an empty or malformed list, said in one line
+            raise ExportFailed(str(error)) from None
+        return ValidationData(aligned_root=args.pairs_root, pairs=pairs)
     if not (args.cfp / "Protocol").is_dir():
         raise ExportFailed(
             f"no CFP protocol under {args.cfp}: pass --cfp, --pairs/--pairs-root"

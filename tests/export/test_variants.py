@@ -181,3 +181,14 @@ def test_bf16_variant_is_refused_where_bfloat16_is_not_native(omz_pairs, tmp_pat
     write_contract(marked, read_contract(OMZ).model_copy(update={"variant": "bf16"}))
     with pytest.raises(ModelContractError, match=r"bfloat16|openvino"):
         Embedder(marked)
+
+
+def test_an_empty_pairs_list_is_one_line_not_a_traceback(tmp_path, capsys):
+    empty = tmp_path / "pairs.txt"
+    empty.write_text("# nothing yet\n")
+    out = tmp_path / "fp16.onnx"
+    argv = ["export", "fp16", str(OMZ), str(out), "--pairs", str(empty)]
+    assert main([*argv, "--pairs-root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("facemargin export fp16: error:") and "no pairs" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
