@@ -120,6 +120,11 @@ class Embedder:
             # onnxruntime drops a provider that fails to initialise (no driver, no device).
             raise ModelContractError(f"{wanted[0]} did not start; refusing to fall back to CPU")
         self.contract: ModelContract = _checked_contract(session, self.path)
+        if self.contract.variant == "bf16" and wanted[0] != "CPUExecutionProvider":
+            raise ModelContractError(
+                f"{self.path} is a bf16 variant, which runs on the CPU; for {wanted[0]} "
+                "serve its fp32 parent (or an fp16 variant)"
+            )
         # Resolved once: every request aligns to it.
         self.template: Template = self.contract.template()
         self.batch_size = batch_size
