@@ -29,6 +29,14 @@ RESULTS = Path(__file__).parent / "results"
 CONFIGS: dict[str, dict[str, str]] = {
     "as shipped": {},
     "MALLOC_ARENA_MAX=2": {"MALLOC_ARENA_MAX": "2"},
+    # The bf16 variant: OpenVINO's runtime and compiled model instead of onnxruntime's.
+    "bf16 variant": {
+        "FACEMARGIN_MODEL_PATH": str(
+            Path(__file__).resolve().parent.parent
+            / "models"
+            / "face-reidentification-retail-0095-bf16.onnx"
+        )
+    },
 }
 
 
