@@ -197,14 +197,14 @@ def make_int8(
             partial,
             out,
             parent,
-            weights_id(model),
-            "int8",
-            f"static QDQ, per-channel, uint8 activations / int8 weights, {method}",
-            len(faces),
             validation,
-            tolerance_pp,
-            progress,
-            report,
+            model_id=weights_id(model),
+            variant="int8",
+            method=f"static QDQ, per-channel, uint8 activations / int8 weights, {method}",
+            calibration_faces=len(faces),
+            tolerance_pp=tolerance_pp,
+            progress=progress,
+            report=report,
         )
     finally:
         partial.unlink(missing_ok=True)
@@ -226,20 +226,19 @@ def make_bf16(
     partial = out.with_name(out.name + ".partial")
     try:
         shutil.copyfile(source, partial)
-        model = onnx.load(str(partial))
         return _measured_variant(
             source,
             partial,
             out,
             parent,
-            weights_id(model, precision="bf16"),
-            "bf16",
-            "bfloat16 inference precision, OpenVINO CPU plugin (weights unchanged)",
-            0,
             validation,
-            tolerance_pp,
-            progress,
-            report,
+            model_id=weights_id(onnx.load(str(partial)), precision="bf16"),
+            variant="bf16",
+            method="bfloat16 inference precision, OpenVINO CPU plugin (weights unchanged)",
+            calibration_faces=0,
+            tolerance_pp=tolerance_pp,
+            progress=progress,
+            report=report,
         )
     finally:
         partial.unlink(missing_ok=True)
@@ -250,11 +249,12 @@ def _measured_variant(
     partial: Path,
     out: Path,
     parent: ModelContract,
+    validation: ValidationData,
+    *,
     model_id: str,
     variant: str,
     method: str,
     calibration_faces: int,
-    validation: ValidationData,
     tolerance_pp: float,
     progress: bool,
     report: Callable[[str], None],
