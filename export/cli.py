@@ -141,11 +141,16 @@ def _add_int8(targets: argparse._SubParsersAction) -> None:
     )
     int8.add_argument("--calibration-count", type=int, default=512, help="faces to use")
     int8.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
-    int8.add_argument(
-        "--tolerance", type=float, default=0.5, help="largest accuracy drop, percentage points"
-    )
+    _add_tolerance(int8)
     add_validation_flags(int8, optional=False)
     int8.set_defaults(run=_run_int8)
+
+
+def _add_tolerance(parser: argparse.ArgumentParser) -> None:
+    # The same gate as export.variants.DEFAULT_TOLERANCE_PP, not imported: that loads onnx.
+    parser.add_argument(
+        "--tolerance", type=float, default=0.5, help="largest accuracy drop, percentage points"
+    )
 
 
 def _add_bf16(targets: argparse._SubParsersAction) -> None:
@@ -161,9 +166,7 @@ def _add_bf16(targets: argparse._SubParsersAction) -> None:
     )
     bf16.add_argument("model", type=Path, help="fp32 model from facemargin export")
     bf16.add_argument("out", type=Path)
-    bf16.add_argument(
-        "--tolerance", type=float, default=0.5, help="largest accuracy drop, percentage points"
-    )
+    _add_tolerance(bf16)
     add_validation_flags(bf16, optional=False)
     bf16.set_defaults(run=_run_bf16)
 

@@ -65,13 +65,6 @@ class StageNetwork(nn.Module):
 
 
 # -- the feature cache ----------------------------------------------------------------------
-def _trunk_input(image: np.ndarray, convention: ForeignConvention) -> np.ndarray:
-    pixels = image.astype(np.float32)
-    if convention.bgr:
-        pixels = pixels[..., ::-1]
-    return ((pixels - convention.mean) / convention.std).transpose(2, 0, 1)
-
-
 def trunk_features(
     trunk: onnx.ModelProto,
     convention: ForeignConvention,
@@ -116,7 +109,7 @@ def trunk_features(
         images = [load_rgb(f, size) for _, f in chunk]
         if mirror:
             images = [im[:, ::-1] for im in images]
-        batch = np.stack([_trunk_input(im, convention) for im in images])
+        batch = convention.preprocess(np.stack(images))
         out[[i for i, _ in chunk]] = session.run(None, {name: batch})[0].astype(np.float16)
     out.flush()
     del out
